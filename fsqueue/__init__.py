@@ -1,0 +1,53 @@
+"""fsqueue: a task queue whose only state is a directory tree.
+
+``import fsqueue`` loads the standard library only; psutil, PyYAML and click are imported where used.
+"""
+
+from __future__ import annotations
+
+from ._claim import Claim
+from ._clock import Clock, ManualClock, SystemClock
+from ._config import Config, load_config
+from ._errors import (
+    ConfigError,
+    CorruptRecord,
+    FsQueueError,
+    InvalidPayload,
+    InvalidTaskId,
+    LeaseLost,
+    LockHeld,
+    QueueRootError,
+    StorageError,
+    TaskExists,
+    TaskNotFound,
+)
+from ._inspect import LockInfo, TaskInfo
+from ._layout import default_root
+from ._queue import Queue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Claim",
+    "Clock",
+    "Config",
+    "ConfigError",
+    "CorruptRecord",
+    "FsQueueError",
+    "InvalidPayload",
+    "InvalidTaskId",
+    "LeaseLost",
+    "LockHeld",
+    "LockInfo",
+    "ManualClock",
+    "Queue",
+    "QueueRootError",
+    "StorageError",
+    "SystemClock",
+    "TaskExists",
+    "TaskInfo",
+    "TaskNotFound",
+    "__version__",
+    "default_root",
+    "load_config",
+]

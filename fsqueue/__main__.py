@@ -1,0 +1,5 @@
+"""``python -m fsqueue`` runs the CLI."""
+
+from fsqueue.cli import main
+
+main()

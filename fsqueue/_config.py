@@ -1,0 +1,115 @@
+"""Settings, validated once into a frozen object; YAML is parsed only when a file is given."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, Literal
+
+from ._errors import ConfigError
+
+Durability = Literal["fsync", "none"]
+_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Queue settings; every field has the default a user gets without a config file."""
+
+    ttl: float = 1800.0
+    """Lease time-to-live in seconds: an unrenewed claim expires after this (default 30 minutes)."""
+    max_attempts: int = 5
+    """Claims per task before it goes to dead-letter."""
+    retry_base: float = 10.0
+    """Back-off after the first failure, in seconds; doubles each attempt."""
+    retry_max: float = 3600.0
+    """Longest back-off, in seconds."""
+    durability: Durability = "fsync"
+    """``fsync``: accepted enqueues and completions survive power loss; ``none``: for tmpfs users."""
+
+    def __post_init__(self) -> None:
+        _positive("ttl", self.ttl)
+        _positive("retry_base", self.retry_base)
+        _positive("retry_max", self.retry_max)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if self.durability not in ("fsync", "none"):
+            raise ConfigError(f"durability must be 'fsync' or 'none', got {self.durability!r}")
+
+
+def _positive(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string such as ``90``, ``30s``, ``10m``, ``2h``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a duration such as 30, '30s', '10m' or '2h', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        return float(match.group(1)) * _UNIT[match.group(2)]
+    raise ConfigError(f"{key} must be a duration such as 30, '30s', '10m' or '2h', got {value!r}")
+
+
+_QUEUE_KEYS: Final = {"ttl", "max_attempts", "retry", "durability"}
+_RETRY_KEYS: Final = {"base", "max"}
+#: Sections read by other parts of fsqueue; the queue itself accepts and ignores them.
+_OTHER_SECTIONS: Final = {"watchdog"}
+
+
+def config_from_mapping(data: object, source: str = "config") -> Config:
+    """Validate a parsed YAML document; unknown keys and bad types are refused with the key named."""
+    if data is None:
+        return Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    unknown = sorted(set(data) - _QUEUE_KEYS - _OTHER_SECTIONS, key=str)
+    if unknown:
+        allowed = ", ".join(sorted(_QUEUE_KEYS | _OTHER_SECTIONS))
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known keys: {allowed})")
+    changes: dict[str, Any] = {}
+    if "ttl" in data:
+        changes["ttl"] = parse_duration(data["ttl"], f"{source}: ttl")
+    if "max_attempts" in data:
+        changes["max_attempts"] = data["max_attempts"]
+    if "durability" in data:
+        changes["durability"] = data["durability"]
+    retry = data.get("retry")
+    if retry is not None:
+        if not isinstance(retry, dict):
+            raise ConfigError(f"{source}: retry must be a mapping with keys base and max, got {retry!r}")
+        bad = sorted(set(retry) - _RETRY_KEYS, key=str)
+        if bad:
+            raise ConfigError(f"{source}: unknown key 'retry.{bad[0]}' (known: retry.base, retry.max)")
+        if "base" in retry:
+            changes["retry_base"] = parse_duration(retry["base"], f"{source}: retry.base")
+        if "max" in retry:
+            changes["retry_max"] = parse_duration(retry["max"], f"{source}: retry.max")
+    try:
+        return replace(Config(), **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML config file (``yaml.safe_load``)."""
+    import yaml  # imported here: a cron agent without --config never pays for it
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}", path=path) from None
+    return config_from_mapping(data, path)
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(Config)]

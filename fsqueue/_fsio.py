@@ -1,0 +1,129 @@
+"""Filesystem primitives: complete-or-absent publication, bounded no-follow reads, directory fsync.
+
+Every record becomes visible in one step (P6): it is written under a unique name in ``staging/`` (same
+filesystem), flushed, then ``link()``-ed (create, fails if the name is taken) or ``rename()``-d (replace)
+into place, and the directory is fsynced so the new name survives power loss (persist-queue #56, #180).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final
+
+from ._errors import StorageError
+
+MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
+_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def storage_error(exc: OSError, action: str, path: str, task_id: str | None = None) -> StorageError:
+    """Wrap an OSError in a message that says what failed, where, and what to do."""
+    hint = {
+        errno.ENOSPC: "the disk is full; free space and retry (nothing accepted so far is lost)",
+        errno.EDQUOT: "the disk quota is exhausted; free space and retry",
+        errno.EACCES: "permission denied; check the owner and mode of the queue root",
+        errno.EPERM: "operation not permitted; check the owner and mode of the queue root",
+        errno.EROFS: "the filesystem is read-only; remount it read-write",
+        errno.ELOOP: "a symlink was found where fsqueue expects a real file; it is not followed",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return StorageError(f"cannot {action} {path}: {hint}", path=path, task_id=task_id, errno=exc.errno)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory so the names created or removed in it survive power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_staged(staging_dir: str, data: bytes, *, durable: bool, mtime: float | None = None) -> str:
+    """Write ``data`` to a new unique file in ``staging_dir`` and return its path (flushed if durable)."""
+    name = f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
+    path = os.path.join(staging_dir, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    os.close(fd)
+    return path
+
+
+def publish_new(staging_dir: str, data: bytes, dest: str, *, durable: bool, mtime: float | None = None) -> None:
+    """Create ``dest`` holding ``data`` in one step; raise FileExistsError if the name is taken."""
+    tmp = write_staged(staging_dir, data, durable=durable, mtime=mtime)
+    try:
+        # link() never replaces: it is the exclusive create of a complete file (filelock #532, borg #3637).
+        os.link(tmp, dest, follow_symlinks=False)
+    finally:
+        unlink_quietly(tmp)
+    if durable:
+        fsync_dir(os.path.dirname(dest))
+
+
+def publish_replace(staging_dir: str, data: bytes, dest: str, *, durable: bool) -> None:
+    """Replace ``dest`` with ``data`` in one step (readers see the old or the new file, never a mix)."""
+    tmp = write_staged(staging_dir, data, durable=durable)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(dest))
+
+
+def read_nofollow(path: str) -> tuple[bytes, os.stat_result]:
+    """Read a whole regular file without following a symlink at ``path``; return its bytes and fstat.
+
+    Raises FileNotFoundError when absent, and OSError(ELOOP) for a symlink or a non-regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not _is_regular(st.st_mode):
+            raise OSError(errno.ELOOP, "not a regular file", path)
+        if st.st_size > MAX_RECORD_BYTES:
+            raise OSError(errno.EFBIG, f"record larger than {MAX_RECORD_BYTES} bytes", path)
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def unlink_quietly(path: str) -> bool:
+    """Remove ``path`` if present; True when this call removed it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def exists_nofollow(path: str) -> bool:
+    """Whether any directory entry (including a dangling symlink) is at ``path``."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True

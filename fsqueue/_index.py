@@ -1,0 +1,165 @@
+"""The ready index: which pending task to claim next, at a cost that does not grow with queue depth.
+
+A pending task has one empty marker file ``ready/<priority>/<a>/<b>/<c>/<when>-<id>`` where ``when`` is
+its ready time in microseconds (16 digits) and ``a``/``b``/``c`` are that number's digits 0-6, 7-9 and
+10-12 (buckets of 1000 s, 1 s and 1 ms). Finding the next task walks the smallest name at each level,
+so each ``listdir`` sees at most ~1000 names however deep the queue is -- no full scan per claim (nq #37,
+huey FileStorage). Delayed and backed-off tasks are simply entries with a future ``when``: a walk stops
+at the first bucket that starts in the future. Empty buckets are removed by whoever empties them;
+``rmdir`` fails on a non-empty directory, and an enqueuer whose bucket vanished between ``mkdir`` and
+create simply retries.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from typing import Final
+
+from ._fsio import fsync_dir
+
+MIN_PRIORITY: Final = -1_000_000
+MAX_PRIORITY: Final = 1_000_000
+_WHEN_DIGITS: Final = 16
+
+
+def entry_for(priority: int, ready_at: float, task_id: str) -> str:
+    """The index path (relative to ``ready/``) of a task ready at ``ready_at``."""
+    when = max(0, min(int(ready_at * 1_000_000), 10**_WHEN_DIGITS - 1))
+    digits = f"{when:0{_WHEN_DIGITS}d}"
+    return f"{priority}/{digits[:7]}/{digits[7:10]}/{digits[10:13]}/{digits}-{task_id}"
+
+
+def parse_entry_name(name: str) -> tuple[float, str] | None:
+    """``(ready_at, task_id)`` from a marker's file name, or None when it is not one."""
+    if len(name) <= _WHEN_DIGITS + 1 or name[_WHEN_DIGITS] != "-" or not name[:_WHEN_DIGITS].isdigit():
+        return None
+    return int(name[:_WHEN_DIGITS]) / 1_000_000, name[_WHEN_DIGITS + 1 :]
+
+
+def add_entry(ready_dir: str, rel: str, *, durable: bool) -> None:
+    """Create the marker ``rel``; its bucket directories are created (and flushed) as needed."""
+    path = os.path.join(ready_dir, rel)
+    parent = os.path.dirname(path)
+    for _ in range(100):  # a claimer may rmdir an emptied bucket between our mkdir and create
+        created = _make_dirs(ready_dir, os.path.dirname(rel))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue
+        os.close(fd)
+        if durable:
+            fsync_dir(parent)
+            for directory in created:
+                fsync_dir(os.path.dirname(directory))
+        return
+    raise OSError(errno.EAGAIN, "bucket directory kept vanishing", parent)
+
+
+def _make_dirs(ready_dir: str, rel_dir: str) -> list[str]:
+    created: list[str] = []
+    current = ready_dir
+    for part in rel_dir.split("/"):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current, 0o750)
+            created.append(current)
+        except FileExistsError:
+            pass
+    return created
+
+
+def remove_entry(ready_dir: str, rel: str) -> bool:
+    """Remove the marker ``rel`` and any bucket it leaves empty; True if the marker was there."""
+    path = os.path.join(ready_dir, rel)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    parts = rel.split("/")
+    # Remove the three bucket levels bottom-up; stop at the first that is not empty.
+    for depth in (4, 3, 2):
+        if not _rmdir_if_empty(os.path.join(ready_dir, *parts[:depth])):
+            break
+    return True
+
+
+def _rmdir_if_empty(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        # Not empty (a marker arrived), already gone, or a read-only root: all leave the index correct.
+        return exc.errno == errno.ENOENT
+    return True
+
+
+def _sorted_dirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            # Symlinks planted in the index are not followed (is_dir without following).
+            return sorted(entry.name for entry in entries if entry.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def priorities(ready_dir: str) -> list[int]:
+    """The priority levels present, highest first."""
+    levels = []
+    for name in _sorted_dirs(ready_dir):
+        try:
+            level = int(name)
+        except ValueError:
+            continue
+        if str(level) == name:
+            levels.append(level)
+    return sorted(levels, reverse=True)
+
+
+def iter_entries(ready_dir: str, priority: int, *, until: float | None = None) -> Iterator[tuple[str, float, str]]:
+    """Markers of one priority in ready order: ``(rel, ready_at, task_id)``; stop after ``until``.
+
+    Empty buckets met on the way are removed, so a drained queue costs nothing to walk.
+    """
+    limit = None if until is None else int(until * 1_000_000)
+    base = os.path.join(ready_dir, str(priority))
+    for a in _sorted_dirs(base):
+        if limit is not None and int(a.ljust(_WHEN_DIGITS, "0")) > limit:
+            return
+        dir_a = os.path.join(base, a)
+        for b in _sorted_dirs(dir_a):
+            if limit is not None and int((a + b).ljust(_WHEN_DIGITS, "0")) > limit:
+                return
+            dir_b = os.path.join(dir_a, b)
+            for c in _sorted_dirs(dir_b):
+                if limit is not None and int((a + b + c).ljust(_WHEN_DIGITS, "0")) > limit:
+                    return
+                dir_c = os.path.join(dir_b, c)
+                names = _sorted_files(dir_c)
+                if not names:
+                    _rmdir_if_empty(dir_c)
+                    continue
+                for name in names:
+                    parsed = parse_entry_name(name)
+                    if parsed is None:
+                        continue
+                    ready_at, task_id = parsed
+                    if limit is not None and int(name[:_WHEN_DIGITS]) > limit:
+                        return
+                    yield f"{priority}/{a}/{b}/{c}/{name}", ready_at, task_id
+            _rmdir_if_empty(dir_b)
+        _rmdir_if_empty(dir_a)
+
+
+def _sorted_files(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def iter_all(ready_dir: str) -> Iterator[tuple[str, float, str]]:
+    """Every marker, highest priority first, then ready order."""
+    for priority in priorities(ready_dir):
+        yield from iter_entries(ready_dir, priority)

@@ -1,0 +1,162 @@
+"""Where everything lives under a queue root, and checking that the root is a real, usable queue."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from typing import Final
+
+from ._errors import QueueRootError
+from ._fsio import storage_error
+
+ROOT_MARKER: Final = "fsqueue.json"
+SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "status")
+GUARD_SHARDS: Final = 256
+
+
+def default_root() -> str:
+    """``$XDG_STATE_HOME/fsqueue``, else ``~/.local/state/fsqueue`` -- never under ``/tmp`` (pitfall 13)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "fsqueue")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one queue root."""
+
+    root: str
+
+    def sub(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    @property
+    def tasks(self) -> str:
+        return os.path.join(self.root, "tasks")
+
+    @property
+    def records(self) -> str:
+        return os.path.join(self.root, "records")
+
+    @property
+    def ready(self) -> str:
+        return os.path.join(self.root, "ready")
+
+    @property
+    def staging(self) -> str:
+        return os.path.join(self.root, "staging")
+
+    @property
+    def quarantine(self) -> str:
+        return os.path.join(self.root, "quarantine")
+
+    def lock(self, task_id: str) -> str:
+        return os.path.join(self.root, "tasks", f"{task_id}.lock")
+
+    def record(self, task_id: str) -> str:
+        return os.path.join(self.root, "records", f"{task_id}.json")
+
+    def done(self, task_id: str) -> str:
+        return os.path.join(self.root, "done", f"{task_id}.json")
+
+    def dead(self, task_id: str) -> str:
+        return os.path.join(self.root, "dead", f"{task_id}.json")
+
+    def guard(self, task_id: str) -> str:
+        return os.path.join(self.root, "guards", guard_shard(task_id))
+
+
+def guard_shard(task_id: str) -> str:
+    """The guard file name for a task: the first two hex digits of md5(id) (``md5sum`` in shell)."""
+    return hashlib.md5(task_id.encode(), usedforsecurity=False).hexdigest()[:2]
+
+
+def create_root(root: str) -> Layout:
+    """Create (or complete) a queue root; idempotent."""
+    try:
+        os.makedirs(root, mode=0o750, exist_ok=True)
+    except FileExistsError as exc:
+        raise QueueRootError(f"queue root {root} exists and is not a directory", path=root) from exc
+    except OSError as exc:
+        raise storage_error(exc, "create queue root", root) from exc
+    layout = open_root(root, create_missing=True)
+    marker = os.path.join(layout.root, ROOT_MARKER)
+    if not os.path.lexists(marker):
+        data = json.dumps({"format": "fsqueue/1", "kind": "root"}) + "\n"
+        tmp = marker + f".{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="ascii") as handle:
+                handle.write(data)
+            os.replace(tmp, marker)
+        except OSError as exc:
+            raise storage_error(exc, "write", marker) from exc
+    return layout
+
+
+def open_root(root: str, *, create_missing: bool = False) -> Layout:
+    """Check that ``root`` is a queue and return its layout; recreate missing subdirectories if asked."""
+    root = os.path.abspath(root)
+    try:
+        st = os.stat(root)  # the root itself may be a symlink the operator chose (/var/lib/fsqueue -> /data)
+    except FileNotFoundError:
+        raise QueueRootError(
+            f"queue root {root} does not exist; create it with `fsqueue init --root {root}`", path=root
+        ) from None
+    except OSError as exc:
+        raise storage_error(exc, "open queue root", root) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise QueueRootError(f"queue root {root} is not a directory", path=root)
+    if not create_missing and not os.path.lexists(os.path.join(root, ROOT_MARKER)):
+        raise QueueRootError(
+            f"{root} is not an fsqueue root (no {ROOT_MARKER}); create one with `fsqueue init --root {root}`",
+            path=root,
+        )
+    for name in SUBDIRS:
+        _check_subdir(os.path.join(root, name), create=create_missing)
+    layout = Layout(root)
+    _ensure_guards(layout, create=create_missing)
+    return layout
+
+
+def _check_subdir(path: str, *, create: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o750)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, "create", path) from exc
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise QueueRootError(
+            f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root. "
+            "Replace it with a real directory.",
+            path=path,
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise QueueRootError(f"{path} is not a directory; move it aside and run `fsqueue init`", path=path)
+    del create
+
+
+def _ensure_guards(layout: Layout, *, create: bool) -> None:
+    guards = layout.sub("guards")
+    try:
+        present = len(os.listdir(guards))
+    except OSError as exc:
+        raise storage_error(exc, "list", guards) from exc
+    if present >= GUARD_SHARDS and not create:
+        return
+    for shard in range(GUARD_SHARDS):
+        path = os.path.join(guards, f"{shard:02x}")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EROFS):
+                return  # a read-only root still opens for inspection; writers report the error when they act
+            raise storage_error(exc, "create guard", path) from exc
+        os.close(fd)

@@ -1,0 +1,220 @@
+"""The public ``Queue``: enqueue, claim, and the token-carrying operations the CLI exposes."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import islice
+from typing import Any, Final, Literal
+
+from . import _transitions as transitions
+from ._claim import Claim
+from ._errors import InvalidPayload, InvalidTaskId, TaskExists
+from ._fsio import exists_nofollow, publish_new, storage_error
+from ._guard import guarded
+from ._identity import Owner, current_owner, lease_only_owner, owner_of
+from ._ids import new_task_id, validate_task_id
+from ._index import MAX_PRIORITY, MIN_PRIORITY, add_entry, entry_for, iter_entries, priorities, remove_entry
+from ._inspect import Inspection
+from ._record import Event, TaskRecord, encode_task
+
+MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
+MAX_AGENT_LENGTH: Final = 128
+#: Claimers try the head of the queue first, then spread over this many next candidates, so 145 workers
+#: do not all collide on one name (python-dirq's collapse at high concurrency).
+_SPREAD: Final = 32
+
+
+def check_json(value: Any, what: str) -> bytes:
+    """Encode ``value`` as JSON or raise InvalidPayload naming what was wrong."""
+    try:
+        data = json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"{what} is not JSON-serializable: {exc}") from None
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise InvalidPayload(f"{what} is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+def check_agent(agent: str) -> str:
+    if not isinstance(agent, str) or not agent or len(agent) > MAX_AGENT_LENGTH or not agent.isprintable():
+        raise InvalidTaskId(f"agent name {agent!r} is refused: use 1-{MAX_AGENT_LENGTH} printable characters")
+    return agent
+
+
+def _check_number(name: str, value: float | None, *, minimum: float, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
+        raise InvalidPayload(f"{name} must be a finite number >= {minimum}, got {value!r}")
+
+
+class Queue(Inspection):
+    """A directory that is a task queue. Safe for any number of processes and any crash."""
+
+    def enqueue(
+        self,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        priority: int = 0,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        ttl: float | None = None,
+        agent: str = "",
+        if_absent: bool = False,
+    ) -> str:
+        """Add a task and return its id; durable once this returns (fsync of file and directories)."""
+        check_json(payload, "payload")
+        task_id = new_task_id() if id is None else validate_task_id(id)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidPayload(f"priority must be an integer in [{MIN_PRIORITY}, {MAX_PRIORITY}], got {priority!r}")
+        _check_number("delay", delay, minimum=0, allow_none=False)
+        _check_number("ttl", ttl, minimum=0.001)
+        attempts = self.config.max_attempts if max_attempts is None else max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise InvalidPayload(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        now = self.clock.now()
+        rel = entry_for(priority, now + delay, task_id)
+        task = TaskRecord(
+            id=task_id,
+            payload=payload,
+            priority=priority,
+            max_attempts=attempts,
+            ttl=ttl,
+            enqueued_at=now,
+            ready_at=now + delay,
+            entry=rel,
+            agent=agent,
+            history=(Event(now, "enqueued", agent=agent),),
+        )
+        layout = self.layout
+        with guarded(layout.guard(task_id)):
+            state = self._existing_state(task_id)
+            if state is not None:
+                if if_absent:
+                    return task_id
+                raise TaskExists(
+                    f"task {task_id} already exists ({state}); pass --if-absent (if_absent=True) to make a "
+                    "repeated enqueue a no-op",
+                    path=layout.record(task_id),
+                    task_id=task_id,
+                )
+            # The marker goes first: a crash before the record leaves a marker that the next claimer,
+            # holding this guard, recognises as a leftover and removes. The enqueue was never acknowledged.
+            try:
+                add_entry(layout.ready, rel, durable=self.durable)
+                publish_new(layout.staging, encode_task(task), layout.record(task_id), durable=self.durable)
+            except OSError as exc:
+                remove_entry(layout.ready, rel)
+                raise storage_error(exc, "enqueue task into", layout.record(task_id), task_id) from exc
+        return task_id
+
+    def _existing_state(self, task_id: str) -> str | None:
+        layout = self.layout
+        for state, path in (
+            ("done", layout.done(task_id)),
+            ("dead", layout.dead(task_id)),
+            ("claimed", layout.lock(task_id)),
+            ("pending", layout.record(task_id)),
+        ):
+            if exists_nofollow(path):
+                return state
+        return None
+
+    def claim(
+        self,
+        agent: str,
+        *,
+        ttl: float | None = None,
+        auto_renew: bool = False,
+        owner_pid: int | None = None,
+        lease_only: bool = False,
+    ) -> Claim | None:
+        """Claim the next ready task (highest priority, then oldest), or None when nothing is ready.
+
+        The owner is this process (its death is detected at once) unless ``owner_pid`` names another
+        local process, or ``lease_only`` makes the claim live exactly as long as it is renewed.
+        """
+        check_agent(agent)
+        _check_number("ttl", ttl, minimum=0.001)
+        owner, mode = self._owner(owner_pid, lease_only)
+        for blocking in (False, True):
+            busy = False
+            for priority in priorities(self.layout.ready):
+                for rel, _, task_id in self._candidates(priority):
+                    try:
+                        validate_task_id(task_id)
+                    except InvalidTaskId:
+                        self.quarantine(f"{self.layout.ready}/{rel}", "index marker with an invalid task id")
+                        continue
+                    try:
+                        got = transitions.try_claim(
+                            self, rel, task_id, agent, ttl=ttl, mode=mode, owner=owner, blocking=blocking
+                        )
+                    except OSError as exc:
+                        raise storage_error(exc, "claim task", self.layout.lock(task_id), task_id) from exc
+                    if got == "busy":
+                        busy = True
+                    elif got is not None:
+                        lock, task, expires = got
+                        return Claim(
+                            self,
+                            id=task_id,
+                            payload=task.payload,
+                            token=lock.token,
+                            attempt=lock.attempt,
+                            fence=lock.fence,
+                            agent=agent,
+                            ttl=lock.ttl,
+                            expires_at=expires,
+                            max_attempts=task.max_attempts,
+                            auto_renew=auto_renew,
+                        )
+            if not busy:
+                return None
+        return None
+
+    def _candidates(self, priority: int) -> Any:
+        entries = iter_entries(self.layout.ready, priority, until=self.clock.now())
+        window = list(islice(entries, _SPREAD))
+        if len(window) > 1:
+            rest = window[1:]
+            self.rng.shuffle(rest)
+            window = [window[0], *rest]
+        yield from window
+        yield from entries
+
+    def _owner(self, owner_pid: int | None, lease_only: bool) -> tuple[Owner, Literal["process", "lease"]]:
+        if lease_only:
+            return lease_only_owner(), "lease"
+        if owner_pid is None:
+            return current_owner(), "process"
+        owner = owner_of(owner_pid)
+        if owner is None:
+            raise InvalidPayload(f"owner pid {owner_pid} is not a running process on this host")
+        return owner, "process"
+
+    # Token-carrying operations for callers that hold only the id and token (the CLI, shell scripts).
+
+    def renew(self, task_id: str, token: str, *, ttl: float | None = None) -> float:
+        """Extend a lease by id and token; LeaseLost when it is no longer that claim's."""
+        validate_task_id(task_id)
+        _check_number("ttl", ttl, minimum=0.001)
+        return transitions.renew(self, task_id, token, ttl)
+
+    def complete(self, task_id: str, token: str, result: Any = None, *, agent: str = "") -> None:
+        """Commit a result by id and token (fenced)."""
+        validate_task_id(task_id)
+        check_json(result, "result")
+        transitions.complete(self, task_id, token, result, agent)
+
+    def fail(self, task_id: str, token: str, error: str, *, retry: bool = True, agent: str = "") -> str:
+        """Record a failed attempt by id and token (fenced); returns "pending" or "dead"."""
+        validate_task_id(task_id)
+        return transitions.fail(self, task_id, token, error, retry=retry, agent=agent)
+
+    def requeue(self, task_id: str) -> None:
+        """Move a dead-lettered task back to pending with a fresh attempt budget."""
+        validate_task_id(task_id)
+        transitions.requeue(self, task_id)

@@ -1,0 +1,249 @@
+"""The on-disk records (format ``fsqueue/1``): one encode/parse pair per kind, every field checked.
+
+A record that fails to parse is :class:`CorruptRecord`; a record with another ``format`` is
+:class:`ForeignFormat` -- written by a newer or foreign implementation, so never judged as garbage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+from ._errors import CorruptRecord
+from ._identity import Owner
+
+FORMAT: Final = "fsqueue/1"
+MAX_HISTORY: Final = 50
+MAX_ERROR_TEXT: Final = 4000
+
+TaskState = Literal["pending", "delayed", "running", "done", "dead"]
+Kind = Literal["task", "lock", "done", "dead"]
+
+
+class ForeignFormat(CorruptRecord):
+    """A record whose ``format`` this version does not know: treated as a live foreign owner."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a task's history."""
+
+    at: float
+    event: str
+    attempt: int = 0
+    agent: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as stored in ``records/<id>.json`` (and embedded in done and dead records)."""
+
+    id: str
+    payload: Any
+    priority: int
+    max_attempts: int
+    ttl: float | None
+    enqueued_at: float
+    ready_at: float
+    entry: str
+    attempts: int = 0
+    fence: int = 0
+    settled: str | None = None
+    agent: str = ""
+    history: tuple[Event, ...] = ()
+
+    def with_event(self, event: Event, **changes: Any) -> TaskRecord:
+        """A copy with ``event`` appended to the (bounded) history and ``changes`` applied."""
+        history = (*self.history, event)[-MAX_HISTORY:]
+        return replace(self, history=history, **changes)
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """A claim as stored in ``tasks/<id>.lock``; the file's mtime is the lease expiry."""
+
+    task: str
+    agent: str
+    token: str
+    attempt: int
+    fence: int
+    claimed_at: float
+    ttl: float
+    mode: Literal["process", "lease"]
+    owner: Owner
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """A task that reached ``done/`` or ``dead/``: the task plus its outcome."""
+
+    state: Literal["done", "dead"]
+    task: TaskRecord
+    finished_at: float
+    result: Any = None
+    reason: str = ""
+    token: str = ""
+    agent: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _task_dict(task: TaskRecord) -> dict[str, Any]:
+    data = asdict(task)
+    data["history"] = [asdict(event) for event in task.history]
+    return data
+
+
+def encode_task(task: TaskRecord) -> bytes:
+    return _dumps({"format": FORMAT, "kind": "task", **_task_dict(task)})
+
+
+def encode_lock(lock: LockRecord) -> bytes:
+    data = asdict(lock)
+    return _dumps({"format": FORMAT, "kind": "lock", **data})
+
+
+def encode_final(final: FinalRecord) -> bytes:
+    return _dumps(
+        {
+            "format": FORMAT,
+            "kind": final.state,
+            "finished_at": final.finished_at,
+            "result": final.result,
+            "reason": final.reason,
+            "token": final.token,
+            "agent": final.agent,
+            "task": _task_dict(final.task),
+        }
+    )
+
+
+def _load(data: bytes, path: str, kind: Kind) -> dict[str, Any]:
+    if not data:
+        raise CorruptRecord(f"{path} is empty (expected a {FORMAT} {kind} record)", path=path)
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"{path} is not valid JSON ({exc}); it is truncated or garbage", path=path) from exc
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"{path} holds JSON that is not an object", path=path)
+    fmt = obj.get("format")
+    if fmt != FORMAT:
+        raise ForeignFormat(f"{path} has format {fmt!r}; this fsqueue reads {FORMAT!r}", path=path)
+    if obj.get("kind") != kind:
+        raise CorruptRecord(f"{path} is a {obj.get('kind')!r} record where a {kind!r} was expected", path=path)
+    return obj
+
+
+def _get(obj: dict[str, Any], key: str, types: type | tuple[type, ...], path: str) -> Any:
+    value = obj.get(key)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
+    if not ok:
+        raise CorruptRecord(f"{path}: field {key!r} is missing or has the wrong type ({value!r})", path=path)
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+_NUM = (int, float)
+
+
+def _parse_event(obj: Any, path: str) -> Event:
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"{path}: a history entry is not an object", path=path)
+    return Event(
+        at=float(_get(obj, "at", _NUM, path)),
+        event=_get(obj, "event", str, path),
+        attempt=_get(obj, "attempt", int, path),
+        agent=_get(obj, "agent", str, path),
+        error=_get(obj, "error", str, path),
+    )
+
+
+def _parse_task_dict(obj: dict[str, Any], path: str) -> TaskRecord:
+    history = obj.get("history")
+    if not isinstance(history, list):
+        raise CorruptRecord(f"{path}: field 'history' is missing or not a list", path=path)
+    if "payload" not in obj:
+        raise CorruptRecord(f"{path}: field 'payload' is missing", path=path)
+    ttl = obj.get("ttl")
+    if ttl is not None and (not isinstance(ttl, _NUM) or isinstance(ttl, bool)):
+        raise CorruptRecord(f"{path}: field 'ttl' has the wrong type ({ttl!r})", path=path)
+    settled = obj.get("settled")
+    if settled is not None and not isinstance(settled, str):
+        raise CorruptRecord(f"{path}: field 'settled' has the wrong type ({settled!r})", path=path)
+    return TaskRecord(
+        id=_get(obj, "id", str, path),
+        payload=obj["payload"],
+        priority=_get(obj, "priority", int, path),
+        max_attempts=_get(obj, "max_attempts", int, path),
+        ttl=None if ttl is None else float(ttl),
+        enqueued_at=float(_get(obj, "enqueued_at", _NUM, path)),
+        ready_at=float(_get(obj, "ready_at", _NUM, path)),
+        entry=_get(obj, "entry", str, path),
+        attempts=_get(obj, "attempts", int, path),
+        fence=_get(obj, "fence", int, path),
+        settled=settled,
+        agent=_get(obj, "agent", str, path),
+        history=tuple(_parse_event(item, path) for item in history),
+    )
+
+
+def parse_task(data: bytes, path: str) -> TaskRecord:
+    return _parse_task_dict(_load(data, path, "task"), path)
+
+
+def parse_lock(data: bytes, path: str) -> LockRecord:
+    obj = _load(data, path, "lock")
+    owner = obj.get("owner")
+    if not isinstance(owner, dict):
+        raise CorruptRecord(f"{path}: field 'owner' is missing or not an object", path=path)
+    mode = _get(obj, "mode", str, path)
+    if mode not in ("process", "lease"):
+        raise CorruptRecord(f"{path}: field 'mode' is {mode!r}, expected 'process' or 'lease'", path=path)
+    return LockRecord(
+        task=_get(obj, "task", str, path),
+        agent=_get(obj, "agent", str, path),
+        token=_get(obj, "token", str, path),
+        attempt=_get(obj, "attempt", int, path),
+        fence=_get(obj, "fence", int, path),
+        claimed_at=float(_get(obj, "claimed_at", _NUM, path)),
+        ttl=float(_get(obj, "ttl", _NUM, path)),
+        mode=mode,
+        owner=Owner(
+            host=_get(owner, "host", str, path),
+            machine_id=_get(owner, "machine_id", str, path),
+            boot_id=_get(owner, "boot_id", str, path),
+            pidns=_get(owner, "pidns", int, path),
+            pid=_get(owner, "pid", int, path),
+            start_ticks=_get(owner, "start_ticks", int, path),
+        ),
+    )
+
+
+def parse_final(data: bytes, path: str, state: Literal["done", "dead"]) -> FinalRecord:
+    obj = _load(data, path, state)
+    task = obj.get("task")
+    if not isinstance(task, dict):
+        raise CorruptRecord(f"{path}: field 'task' is missing or not an object", path=path)
+    return FinalRecord(
+        state=state,
+        task=_parse_task_dict(task, path),
+        finished_at=float(_get(obj, "finished_at", _NUM, path)),
+        result=obj.get("result"),
+        reason=_get(obj, "reason", str, path),
+        token=_get(obj, "token", str, path),
+        agent=_get(obj, "agent", str, path),
+    )
+
+
+def clip_error(text: str) -> str:
+    """Keep the tail of a long error text (the end of a traceback says the most)."""
+    return text if len(text) <= MAX_ERROR_TEXT else "..." + text[-MAX_ERROR_TEXT:]

@@ -1,0 +1,268 @@
+"""``fsqueue run``: claim a task, run any command with it, keep the lease alive, commit by exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+from ._claim import Claim
+from ._errors import LeaseLost
+from ._queue import Queue
+
+MAX_RESULT_BYTES: Final = 4 * 1024 * 1024
+STDERR_TAIL: Final = 2000
+KILL_GRACE: Final = 10.0
+EXIT_LEASE_LOST: Final = 5
+
+
+@dataclass
+class Outcome:
+    """How one task ended under ``fsqueue run``."""
+
+    task_id: str
+    exit_code: int
+    message: str = ""
+
+
+def _die_with_parent() -> None:  # pragma: no cover  # runs in the forked child
+    # If `fsqueue run` is killed (-9), its claim is judged dead and the task runs again elsewhere; the
+    # orphaned command must not keep producing side effects, so the kernel kills it with its parent.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Signals:
+    """SIGTERM/SIGINT handlers that only record the signal; the loop forwards it to the command."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_tasks(
+    queue: Queue,
+    agent: str,
+    command: Sequence[str],
+    *,
+    ttl: float | None = None,
+    max_tasks: int = 1,
+    timeout: float | None = None,
+    err: IO[str] | None = None,
+    on_claim: Callable[[Claim], None] | None = None,
+) -> int:
+    """Run up to ``max_tasks`` tasks; 0 if each completed (or none was ready), else the worst exit code."""
+    err = err or sys.stderr
+    signals = _Signals()
+    signals.install()
+    worst = 0
+    try:
+        for _ in range(max_tasks):
+            if signals.received is not None:
+                break
+            claim = queue.claim(agent, ttl=ttl)
+            if claim is None:
+                break
+            if on_claim is not None:
+                on_claim(claim)
+            outcome = run_one(queue, claim, command, timeout=timeout, signals=signals)
+            if outcome.message:
+                print(outcome.message, file=err)
+            worst = max(worst, outcome.exit_code)
+    finally:
+        signals.restore()
+    if signals.received is not None:
+        return 128 + signals.received
+    return worst
+
+
+def run_one(
+    queue: Queue, claim: Claim, command: Sequence[str], *, timeout: float | None, signals: _Signals | None = None
+) -> Outcome:
+    """Run ``command`` for one claim and settle the claim by its exit status."""
+    signals = signals or _Signals()
+    env = dict(
+        os.environ,
+        FSQUEUE_TASK_ID=claim.id,
+        FSQUEUE_TOKEN=claim.token,
+        FSQUEUE_ATTEMPT=str(claim.attempt),
+        FSQUEUE_AGENT=claim.agent,
+        FSQUEUE_ROOT=queue.root,
+        FSQUEUE_FENCE=str(claim.fence),
+    )
+    try:
+        proc = subprocess.Popen(
+            list(command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  # it calls prctl only: no lock a thread could hold
+        )
+    except OSError as exc:
+        state = claim.fail(f"cannot start command {command[0]!r}: {exc.strerror}")
+        return Outcome(
+            claim.id, 1, f"fsqueue run: task {claim.id}: cannot start {command[0]!r}: {exc.strerror} (task is {state})"
+        )
+    io = _ChildIO(proc, json.dumps(claim.payload).encode() + b"\n")
+    ended = _supervise(claim, proc, timeout, signals)
+    io.join()
+    if ended == "lease-lost":
+        return Outcome(
+            claim.id,
+            EXIT_LEASE_LOST,
+            f"fsqueue run: lease on task {claim.id} was lost while the command ran; it was stopped and "
+            "nothing was committed",
+        )
+    return _settle(claim, proc.returncode, ended, io, timeout)
+
+
+def _settle(claim: Claim, code: int, ended: str, io: _ChildIO, timeout: float | None) -> Outcome:
+    try:
+        if ended == "exited" and code == 0:
+            claim.complete(_as_result(io.stdout()))
+            return Outcome(claim.id, 0)
+        if ended == "timeout":
+            why = f"timed out after {timeout:g}s and was killed"
+        elif ended == "signalled":
+            why = "interrupted by a signal to fsqueue run"
+        elif code < 0:
+            why = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            why = f"exited with status {code}"
+        tail = io.stderr_tail()
+        state = claim.fail(f"command {why}" + (f"; stderr: {tail}" if tail else ""))
+    except LeaseLost:
+        return Outcome(
+            claim.id,
+            EXIT_LEASE_LOST,
+            f"fsqueue run: lease on task {claim.id} was lost before the commit; nothing was committed",
+        )
+    verdict = "will be retried" if state == "pending" else "moved to dead-letter"
+    return Outcome(
+        claim.id,
+        1,
+        f"fsqueue run: task {claim.id} (attempt {claim.attempt}/{claim.max_attempts}) "
+        f"failed: command {why}; it {verdict}",
+    )
+
+
+def _as_result(data: bytes) -> Any:
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _supervise(claim: Claim, proc: subprocess.Popen[bytes], timeout: float | None, signals: _Signals) -> str:
+    """Wait for the command, renewing the lease; returns exited / timeout / signalled / lease-lost."""
+    start = time.monotonic()
+    renew_every = max(0.05, claim.ttl / 3)
+    next_renew = start + renew_every
+    forwarded = False
+    deadline = None if timeout is None else start + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.2)
+            return "signalled" if forwarded else "exited"
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if signals.received is not None and not forwarded:
+            proc.send_signal(signals.received)
+            forwarded = True
+        if deadline is not None and now >= deadline:
+            _stop(proc)
+            return "timeout"
+        if now >= next_renew:
+            next_renew = now + renew_every
+            try:
+                claim.renew()
+            except LeaseLost:
+                _stop(proc)
+                return "lease-lost"
+            except OSError:
+                pass  # transient: retried at the next tick, well before the lease runs out
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class _ChildIO:
+    """Feeds the payload to stdin, collects stdout (bounded) and tees stderr, each on its own thread."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], payload: bytes) -> None:
+        self._out = bytearray()
+        self._tail = bytearray()
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+        self._threads = [
+            threading.Thread(target=self._feed, args=(stdin, payload), daemon=True),
+            threading.Thread(target=self._collect, args=(stdout,), daemon=True),
+            threading.Thread(target=self._tee, args=(stderr,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _feed(pipe: IO[bytes], payload: bytes) -> None:
+        try:
+            pipe.write(payload)
+            pipe.close()
+        except OSError:
+            pass  # the command does not read its stdin; that is its choice
+
+    def _collect(self, pipe: IO[bytes]) -> None:
+        while chunk := pipe.read(65536):
+            if len(self._out) < MAX_RESULT_BYTES:
+                self._out += chunk[: MAX_RESULT_BYTES - len(self._out)]
+
+    def _tee(self, pipe: IO[bytes]) -> None:
+        while chunk := pipe.read1(65536):  # type: ignore[attr-defined]  # BufferedReader has read1
+            try:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+            except (OSError, AttributeError, ValueError):
+                pass
+            self._tail = (self._tail + chunk)[-STDERR_TAIL:]
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def stdout(self) -> bytes:
+        return bytes(self._out)
+
+    def stderr_tail(self) -> str:
+        return self._tail.decode("utf-8", errors="replace").strip()

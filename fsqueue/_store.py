@@ -1,0 +1,98 @@
+"""Shared plumbing of one open queue: paths, settings, clock, record reads and quarantine."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._config import Config
+from ._errors import CorruptRecord
+from ._fsio import exists_nofollow, publish_new, read_nofollow, storage_error
+from ._layout import Layout, create_root, default_root, open_root
+from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
+
+T = TypeVar("T")
+
+
+class Store:
+    """One queue root opened with its settings; the state-machine code works through this."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        config: Config | None = None,
+        clock: Clock | None = None,
+        create: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        path = os.fspath(root) if root is not None else default_root()
+        self.layout: Layout = create_root(path) if create else open_root(path)
+        self.config = config or Config()
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.durable = self.config.durability == "fsync"
+
+    @property
+    def root(self) -> str:
+        return self.layout.root
+
+    def _read(self, path: str, parse: Callable[[bytes, str], T]) -> T | None:
+        try:
+            data, _ = read_nofollow(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EFBIG):
+                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
+            raise storage_error(exc, "read", path) from exc
+        return parse(data, path)
+
+    def read_task(self, task_id: str) -> TaskRecord | None:
+        """The task record, None when absent; CorruptRecord when unreadable."""
+        return self._read(self.layout.record(task_id), parse_task)
+
+    def read_lock(self, task_id: str) -> tuple[LockRecord, os.stat_result] | None:
+        """The lock record and its fstat (mtime = lease expiry), None when absent."""
+        path = self.layout.lock(task_id)
+        try:
+            data, st = read_nofollow(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EFBIG):
+                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
+            raise storage_error(exc, "read", path) from exc
+        return parse_lock(data, path), st
+
+    def read_final(self, task_id: str, state: Literal["done", "dead"]) -> FinalRecord | None:
+        path = self.layout.done(task_id) if state == "done" else self.layout.dead(task_id)
+        return self._read(path, lambda data, p: parse_final(data, p, state))
+
+    def finished_state(self, task_id: str) -> Literal["done", "dead"] | None:
+        """Whether a done or dead record exists: it is the commit point and wins over everything else."""
+        if exists_nofollow(self.layout.done(task_id)):
+            return "done"
+        if exists_nofollow(self.layout.dead(task_id)):
+            return "dead"
+        return None
+
+    def quarantine(self, path: str, reason: str) -> str | None:
+        """Move a corrupt file (or planted symlink) aside into ``quarantine/`` with a note saying why."""
+        name = f"{self.clock.now():.6f}-{os.path.basename(path)}"
+        dest = os.path.join(self.layout.quarantine, name)
+        try:
+            os.rename(path, dest)  # renames the entry itself: a symlink is moved, never followed
+        except FileNotFoundError:
+            return None
+        note = json.dumps({"format": "fsqueue/1", "kind": "quarantine", "from": path, "reason": reason})
+        try:
+            publish_new(self.layout.staging, (note + "\n").encode(), dest + ".why", durable=False)
+        except OSError:
+            pass  # the file itself is aside; a missing note must not turn a repair into a crash
+        return dest

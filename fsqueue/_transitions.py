@@ -1,0 +1,360 @@
+"""Every state transition of a task, each run under the task's guard (see ``_guard``).
+
+States are told by which files exist (``docs/protocol.md``)::
+
+    pending  records/<id>.json + ready/<...>/<when>-<id>
+    running  records/<id>.json + tasks/<id>.lock
+    done     done/<id>.json        (the commit point: wins over any leftover)
+    dead     dead/<id>.json        (likewise)
+
+Each transition writes the file that decides the new state *first* and removes the old state's files
+last, so a crash at any instruction leaves a state that the next transition of that task (or a break
+of its lock) completes idempotently: nothing is lost and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import replace
+from typing import Literal
+
+from ._errors import CorruptRecord, LeaseLost
+from ._fsio import exists_nofollow, publish_new, publish_replace, unlink_quietly
+from ._guard import guarded
+from ._identity import Owner, owner_state
+from ._index import add_entry, entry_for, remove_entry
+from ._record import (
+    Event,
+    FinalRecord,
+    ForeignFormat,
+    LockRecord,
+    TaskRecord,
+    clip_error,
+    encode_final,
+    encode_lock,
+    encode_task,
+)
+from ._store import Store
+
+Verdict = Literal["alive", "lease", "foreign", "expired", "dead", "corrupt", "unknown-format"]
+
+
+def judge(lock: LockRecord, expires_at: float, now: float) -> Verdict:
+    """How a lock stands: ``dead`` owner (provably), ``expired`` lease, or live (alive/lease/foreign)."""
+    state = owner_state(lock.owner) if lock.mode == "process" else "foreign"
+    if state == "dead":
+        return "dead"
+    if expires_at <= now:
+        return "expired"
+    if lock.mode == "lease":
+        return "lease"
+    return state
+
+
+def backoff(store: Store, attempts: int) -> float:
+    """Exponential back-off with jitter: base * 2^(n-1), capped, times a random factor in [0.5, 1)."""
+    delay = min(store.config.retry_max, store.config.retry_base * 2.0 ** max(0, attempts - 1))
+    return delay * (0.5 + store.rng.random() * 0.5)
+
+
+def try_claim(
+    store: Store,
+    rel: str,
+    task_id: str,
+    agent: str,
+    *,
+    ttl: float | None,
+    mode: Literal["process", "lease"],
+    owner: Owner,
+    blocking: bool,
+) -> tuple[LockRecord, TaskRecord, float] | Literal["busy"] | None:
+    """Claim the task behind index marker ``rel``; None when it is not claimable, "busy" when the guard is."""
+    layout = store.layout
+    with guarded(layout.guard(task_id), blocking=blocking) as held:
+        if not held:
+            return "busy"
+        if exists_nofollow(layout.lock(task_id)):
+            # Left by a claim (or a failure) that crashed before removing its marker: the lock wins.
+            remove_entry(layout.ready, rel)
+            return None
+        try:
+            task = store.read_task(task_id)
+        except CorruptRecord as exc:
+            store.quarantine(layout.record(task_id), str(exc))
+            remove_entry(layout.ready, rel)
+            return None
+        if task is None or task.entry != rel or store.finished_state(task_id) is not None:
+            _drop_leftovers(store, task_id, rel, task)
+            return None
+        if task.attempts >= task.max_attempts:
+            _bury(store, task, "attempts exhausted", token="", agent=agent)
+            remove_entry(layout.ready, rel)
+            return None
+        now = store.clock.now()
+        lease = ttl or task.ttl or store.config.ttl
+        lock = LockRecord(
+            task=task_id,
+            agent=agent,
+            token=secrets.token_hex(16),
+            attempt=task.attempts + 1,
+            fence=task.fence + 1,
+            claimed_at=now,
+            ttl=lease,
+            mode=mode,
+            owner=owner,
+        )
+        try:
+            publish_new(
+                layout.staging, encode_lock(lock), layout.lock(task_id), durable=store.durable, mtime=now + lease
+            )
+        except FileExistsError:
+            return None
+        remove_entry(layout.ready, rel)
+        return lock, task, now + lease
+
+
+def _drop_leftovers(store: Store, task_id: str, rel: str, task: TaskRecord | None) -> None:
+    # A marker whose record is gone or points elsewhere, or a task already done/dead: crash leftovers.
+    remove_entry(store.layout.ready, rel)
+    if task is not None and task.entry == rel and store.finished_state(task_id) is not None:
+        unlink_quietly(store.layout.record(task_id))
+
+
+def checked_lock(store: Store, task_id: str, token: str) -> tuple[LockRecord, os.stat_result]:
+    """The lock if it is still this claim's; else LeaseLost (the fence). Call under the guard."""
+    path = store.layout.lock(task_id)
+    try:
+        found = store.read_lock(task_id)
+    except CorruptRecord:
+        found = None
+    if found is None or found[0].token != token:
+        raise LeaseLost(
+            f"lease on task {task_id} was lost: {path} is gone or belongs to another claim; "
+            "the result was not committed (another worker may run the task)",
+            path=path,
+            task_id=task_id,
+        )
+    return found
+
+
+def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
+    """Extend this claim's lease to now + ttl; LeaseLost when the lock is no longer this claim's."""
+    with guarded(store.layout.guard(task_id)):
+        lock, _ = checked_lock(store, task_id, token)
+        expires = store.clock.now() + (ttl or lock.ttl)
+        # Under the guard no break can run, so the name still denotes the inode just checked.
+        os.utime(store.layout.lock(task_id), (expires, expires), follow_symlinks=False)
+        return expires
+
+
+def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
+    """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
+    layout = store.layout
+    with guarded(layout.guard(task_id)):
+        lock, st = checked_lock(store, task_id, token)
+        task = store.read_task(task_id)
+        if task is None:
+            raise CorruptRecord(
+                f"task {task_id} is claimed but {layout.record(task_id)} is missing",
+                path=layout.record(task_id),
+                task_id=task_id,
+            )
+        now = store.clock.now()
+        event = Event(now, "completed", attempt=lock.attempt, agent=agent or lock.agent)
+        done = task.with_event(
+            event, attempts=max(task.attempts, lock.attempt), fence=max(task.fence, lock.fence), settled=token
+        )
+        final = FinalRecord("done", done, now, result=result, token=token, agent=agent or lock.agent)
+        publish_new(layout.staging, encode_final(final), layout.done(task_id), durable=store.durable)
+        # Committed. What follows is cleanup that any later transition would also perform.
+        unlink_quietly(layout.record(task_id))
+        _unlink_lock_if_same(store, task_id, st)
+
+
+def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result) -> None:
+    path = store.layout.lock(task_id)
+    try:
+        now_st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now_st.st_ino, now_st.st_dev) == (st.st_ino, st.st_dev):
+        unlink_quietly(path)
+
+
+def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
+    """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
+    with guarded(store.layout.guard(task_id)):
+        lock, st = checked_lock(store, task_id, token)
+        task = store.read_task(task_id)
+        if task is None:
+            raise CorruptRecord(
+                f"task {task_id} is claimed but its record is missing",
+                path=store.layout.record(task_id),
+                task_id=task_id,
+            )
+        return settle_failure(store, task, lock, st, error=error, event="failed", retry=retry, agent=agent)
+
+
+def settle_failure(
+    store: Store,
+    task: TaskRecord,
+    lock: LockRecord,
+    st: os.stat_result | None,
+    *,
+    error: str,
+    event: str,
+    retry: bool,
+    agent: str = "",
+) -> str:
+    """Turn a finished-without-commit claim into pending (with back-off) or dead. Call under the guard."""
+    layout = store.layout
+    if task.settled == lock.token:
+        # This claim's outcome was recorded before a crash: finish the move without counting it again.
+        if exists_nofollow(layout.record(task.id)):
+            add_entry(layout.ready, task.entry, durable=store.durable)
+        _release_lock(store, task.id, st)
+        return "pending"
+    now = store.clock.now()
+    attempts = max(task.attempts, lock.attempt)
+    record = task.with_event(
+        Event(now, event, attempt=lock.attempt, agent=agent or lock.agent, error=clip_error(error)),
+        attempts=attempts,
+        fence=max(task.fence, lock.fence),
+        settled=lock.token,
+    )
+    if retry and attempts < task.max_attempts:
+        ready_at = now + backoff(store, attempts)
+        rel = entry_for(task.priority, ready_at, task.id)
+        record = replace(record, ready_at=ready_at, entry=rel)
+        publish_replace(layout.staging, encode_task(record), layout.record(task.id), durable=store.durable)
+        add_entry(layout.ready, rel, durable=store.durable)
+        _release_lock(store, task.id, st)
+        return "pending"
+    reason = error if not retry else f"attempts exhausted ({attempts}/{task.max_attempts}): {error}"
+    _bury(store, record, clip_error(reason), token=lock.token, agent=agent or lock.agent)
+    _release_lock(store, task.id, st)
+    return "dead"
+
+
+def _release_lock(store: Store, task_id: str, st: os.stat_result | None) -> None:
+    if st is None:
+        unlink_quietly(store.layout.lock(task_id))
+    else:
+        _unlink_lock_if_same(store, task_id, st)
+
+
+def _bury(store: Store, task: TaskRecord, reason: str, *, token: str, agent: str) -> None:
+    """Move a task to dead-letter: the dead record first (commit point), then the record goes."""
+    layout = store.layout
+    final = FinalRecord("dead", task, store.clock.now(), reason=reason, token=token, agent=agent)
+    try:
+        publish_new(layout.staging, encode_final(final), layout.dead(task.id), durable=store.durable)
+    except FileExistsError:
+        pass  # buried before a crash; finish the cleanup
+    unlink_quietly(layout.record(task.id))
+
+
+BreakOutcome = Literal["requeued", "dead", "cleaned", "quarantined"]
+
+
+def break_lock(
+    store: Store,
+    task_id: str,
+    *,
+    allow: frozenset[Verdict],
+    force: bool = False,
+    expect_token: str | None = None,
+    reason: str = "",
+) -> tuple[BreakOutcome, Verdict, LockRecord | None] | None:
+    """Break the lock of ``task_id`` if, judged under the guard, its verdict is in ``allow`` (or forced).
+
+    Identity-checked: the judgement and the removal happen under the task's guard, so no claim, renew
+    or commit can slip in between (never "stat, then unlink by name"). ``expect_token`` additionally
+    pins the exact claim a caller judged earlier. Returns None when nothing was broken.
+    """
+    layout = store.layout
+    with guarded(layout.guard(task_id)):
+        lock: LockRecord | None = None
+        st: os.stat_result | None = None
+        try:
+            found = store.read_lock(task_id)
+        except ForeignFormat:
+            if not force:
+                return None  # another version's live owner: never judged as garbage
+            verdict: Verdict = "unknown-format"
+        except CorruptRecord:
+            verdict = "corrupt"
+        else:
+            if found is None:
+                return None
+            lock, st = found
+            if expect_token is not None and lock.token != expect_token:
+                return None  # not the claim that was judged: a new claim took its place
+            verdict = judge(lock, st.st_mtime, store.clock.now())
+        if verdict not in allow and not force:
+            return None
+        return _apply_break(store, task_id, verdict, lock, st, reason), verdict, lock
+
+
+def _apply_break(
+    store: Store, task_id: str, verdict: Verdict, lock: LockRecord | None, st: os.stat_result | None, reason: str
+) -> BreakOutcome:
+    layout = store.layout
+    if store.finished_state(task_id) is not None:
+        unlink_quietly(layout.record(task_id))  # committed before a crash: only leftovers remain
+        _release_lock(store, task_id, st)
+        return "cleaned"
+    why = reason or f"lease broken: owner {verdict}"
+    try:
+        task = store.read_task(task_id)
+    except CorruptRecord as exc:
+        store.quarantine(layout.record(task_id), str(exc))
+        task = None
+    if lock is None:
+        store.quarantine(layout.lock(task_id), f"{verdict} lock record")
+        if task is None:
+            return "quarantined"
+        # The claim's attempt is unknown: count one conservatively.
+        lock = LockRecord(
+            task_id,
+            "",
+            "corrupt-lock",
+            task.attempts + 1,
+            task.fence + 1,
+            0.0,
+            0.0,
+            "lease",
+            Owner("", "", "", 0, 0, 0),
+        )
+    elif task is None:
+        store.quarantine(layout.lock(task_id), "lock without a task record")
+        return "quarantined"
+    outcome = settle_failure(store, task, lock, st, error=why, event="broken", retry=True)
+    return "dead" if outcome == "dead" else "requeued"
+
+
+def requeue(store: Store, task_id: str, agent: str = "") -> None:
+    """Move a dead-lettered task back to pending with a fresh attempt budget."""
+    from ._errors import TaskNotFound
+
+    layout = store.layout
+    with guarded(layout.guard(task_id)):
+        final = store.read_final(task_id, "dead")
+        if final is None:
+            state = "done" if exists_nofollow(layout.done(task_id)) else None
+            detail = "it is done, not dead" if state else "no dead letter with that id"
+            raise TaskNotFound(
+                f"cannot requeue task {task_id}: {detail} ({layout.dead(task_id)})",
+                path=layout.dead(task_id),
+                task_id=task_id,
+            )
+        now = store.clock.now()
+        rel = entry_for(final.task.priority, now, task_id)
+        task = final.task.with_event(
+            Event(now, "requeued", agent=agent), attempts=0, settled=None, ready_at=now, entry=rel
+        )
+        unlink_quietly(layout.lock(task_id))  # a dead task holds no claim: any lock is a crash leftover
+        add_entry(layout.ready, rel, durable=store.durable)
+        publish_replace(layout.staging, encode_task(task), layout.record(task_id), durable=store.durable)
+        unlink_quietly(layout.dead(task_id))
