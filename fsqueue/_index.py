@@ -1,9 +1,10 @@
 """The ready index: which pending task to claim next, at a cost that does not grow with queue depth.
 
-A pending task has one empty marker file ``ready/<priority>/<a>/<b>/<c>/<when>-<id>`` where ``when`` is
-its ready time in microseconds (16 digits) and ``a``/``b``/``c`` are that number's digits 0-6, 7-9 and
-10-12 (buckets of 1000 s, 1 s and 1 ms). Finding the next task walks the smallest name at each level,
-so each ``listdir`` sees at most ~1000 names however deep the queue is -- no full scan per claim (nq #37,
+A pending task has one empty marker file ``ready/<priority>/<a>/<b>/<c>/<d>/<when>-<id>`` where
+``when`` is its ready time in microseconds (16 digits) and ``a``/``b``/``c``/``d`` are that number's
+digits 0-5, 6-7, 8-9 and 10-11 (buckets of 2.8 h, 100 s, 1 s and 10 ms). Finding the next task walks
+the smallest name at each level, so below the top level each ``listdir`` sees at most 100 names
+however deep the queue is -- no full scan per claim (nq #37,
 huey FileStorage). Delayed and backed-off tasks are simply entries with a future ``when``: a walk stops
 at the first bucket that starts in the future. Empty buckets are removed by whoever empties them;
 ``rmdir`` fails on a non-empty directory, and an enqueuer whose bucket vanished between ``mkdir`` and
@@ -22,13 +23,17 @@ from ._fsio import fsync_dir
 MIN_PRIORITY: Final = -1_000_000
 MAX_PRIORITY: Final = 1_000_000
 _WHEN_DIGITS: Final = 16
+#: Bucket boundaries in the 16 digits of ``when``: 10^10 us (2.8 h), 100 s, 1 s and 10 ms buckets, so
+#: below the top level no directory holds more than 100 names.
+_SPLITS: Final = (6, 8, 10, 12)
 
 
 def entry_for(priority: int, ready_at: float, task_id: str) -> str:
     """The index path (relative to ``ready/``) of a task ready at ``ready_at``."""
     when = max(0, min(int(ready_at * 1_000_000), 10**_WHEN_DIGITS - 1))
     digits = f"{when:0{_WHEN_DIGITS}d}"
-    return f"{priority}/{digits[:7]}/{digits[7:10]}/{digits[10:13]}/{digits}-{task_id}"
+    buckets = "/".join(digits[a:b] for a, b in zip((0, *_SPLITS), _SPLITS, strict=False))
+    return f"{priority}/{buckets}/{digits}-{task_id}"
 
 
 def parse_entry_name(name: str) -> tuple[float, str] | None:
@@ -43,8 +48,8 @@ def add_entry(ready_dir: str, rel: str, *, durable: bool) -> None:
     path = os.path.join(ready_dir, rel)
     parent = os.path.dirname(path)
     for _ in range(100):  # a claimer may rmdir an emptied bucket between our mkdir and create
-        created = _make_dirs(ready_dir, os.path.dirname(rel))
         try:
+            created = _make_dirs(ready_dir, os.path.dirname(rel))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             continue
@@ -78,8 +83,8 @@ def remove_entry(ready_dir: str, rel: str) -> bool:
     except FileNotFoundError:
         return False
     parts = rel.split("/")
-    # Remove the three bucket levels bottom-up; stop at the first that is not empty.
-    for depth in (4, 3, 2):
+    # Remove the bucket levels bottom-up (never the priority level); stop at the first that is not empty.
+    for depth in range(len(parts) - 1, 1, -1):
         if not _rmdir_if_empty(os.path.join(ready_dir, *parts[:depth])):
             break
     return True
@@ -122,33 +127,26 @@ def iter_entries(ready_dir: str, priority: int, *, until: float | None = None) -
     Empty buckets met on the way are removed, so a drained queue costs nothing to walk.
     """
     limit = None if until is None else int(until * 1_000_000)
-    base = os.path.join(ready_dir, str(priority))
-    for a in _sorted_dirs(base):
-        if limit is not None and int(a.ljust(_WHEN_DIGITS, "0")) > limit:
-            return
-        dir_a = os.path.join(base, a)
-        for b in _sorted_dirs(dir_a):
-            if limit is not None and int((a + b).ljust(_WHEN_DIGITS, "0")) > limit:
+    yield from _walk(os.path.join(ready_dir, str(priority)), str(priority), "", 0, limit)
+
+
+def _walk(path: str, rel: str, prefix: str, level: int, limit: int | None) -> Iterator[tuple[str, float, str]]:
+    if level == len(_SPLITS):
+        for name in _sorted_files(path):
+            parsed = parse_entry_name(name)
+            if parsed is None:
+                continue
+            if limit is not None and int(name[:_WHEN_DIGITS]) > limit:
                 return
-            dir_b = os.path.join(dir_a, b)
-            for c in _sorted_dirs(dir_b):
-                if limit is not None and int((a + b + c).ljust(_WHEN_DIGITS, "0")) > limit:
-                    return
-                dir_c = os.path.join(dir_b, c)
-                names = _sorted_files(dir_c)
-                if not names:
-                    _rmdir_if_empty(dir_c)
-                    continue
-                for name in names:
-                    parsed = parse_entry_name(name)
-                    if parsed is None:
-                        continue
-                    ready_at, task_id = parsed
-                    if limit is not None and int(name[:_WHEN_DIGITS]) > limit:
-                        return
-                    yield f"{priority}/{a}/{b}/{c}/{name}", ready_at, task_id
-            _rmdir_if_empty(dir_b)
-        _rmdir_if_empty(dir_a)
+            yield f"{rel}/{name}", parsed[0], parsed[1]
+        return
+    for bucket in _sorted_dirs(path):
+        digits = prefix + bucket
+        if limit is not None and int(digits.ljust(_WHEN_DIGITS, "0")) > limit:
+            return
+        child = os.path.join(path, bucket)
+        yield from _walk(child, f"{rel}/{bucket}", digits, level + 1, limit)
+        _rmdir_if_empty(child)
 
 
 def _sorted_files(path: str) -> list[str]:

@@ -14,7 +14,7 @@ from ._errors import QueueRootError
 from ._fsio import storage_error
 
 ROOT_MARKER: Final = "fsqueue.json"
-SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "status")
+SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "owners", "status")
 GUARD_SHARDS: Final = 256
 
 
@@ -44,6 +44,10 @@ class Layout:
     @property
     def ready(self) -> str:
         return os.path.join(self.root, "ready")
+
+    @property
+    def owners(self) -> str:
+        return os.path.join(self.root, "owners")
 
     @property
     def staging(self) -> str:

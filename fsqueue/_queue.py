@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from itertools import islice
 from typing import Any, Final, Literal
 
@@ -175,13 +176,16 @@ class Queue(Inspection):
                 return None
         return None
 
-    def _candidates(self, priority: int) -> Any:
+    def _candidates(self, priority: int) -> Iterator[tuple[str, float, str]]:
         entries = iter_entries(self.layout.ready, priority, until=self.clock.now())
+        head = next(entries, None)
+        if head is None:
+            return
+        yield head  # a lone claimer takes the head: strict priority-then-FIFO order
+        # Only a claimer that lost the head gets here: spread over the next few so that many
+        # concurrent claimers do not all collide on one name (python-dirq's collapse at W=145).
         window = list(islice(entries, _SPREAD))
-        if len(window) > 1:
-            rest = window[1:]
-            self.rng.shuffle(rest)
-            window = [window[0], *rest]
+        self.rng.shuffle(window)
         yield from window
         yield from entries
 

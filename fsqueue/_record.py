@@ -7,7 +7,7 @@ A record that fails to parse is :class:`CorruptRecord`; a record with another ``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from ._errors import CorruptRecord
@@ -86,7 +86,6 @@ class FinalRecord:
     reason: str = ""
     token: str = ""
     agent: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -94,9 +93,25 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 
 def _task_dict(task: TaskRecord) -> dict[str, Any]:
-    data = asdict(task)
-    data["history"] = [asdict(event) for event in task.history]
-    return data
+    # Built by hand: dataclasses.asdict deep-copies and costs more than the write it feeds.
+    return {
+        "id": task.id,
+        "payload": task.payload,
+        "priority": task.priority,
+        "max_attempts": task.max_attempts,
+        "ttl": task.ttl,
+        "enqueued_at": task.enqueued_at,
+        "ready_at": task.ready_at,
+        "entry": task.entry,
+        "attempts": task.attempts,
+        "fence": task.fence,
+        "settled": task.settled,
+        "agent": task.agent,
+        "history": [
+            {"at": e.at, "event": e.event, "attempt": e.attempt, "agent": e.agent, "error": e.error}
+            for e in task.history
+        ],
+    }
 
 
 def encode_task(task: TaskRecord) -> bytes:
@@ -104,8 +119,30 @@ def encode_task(task: TaskRecord) -> bytes:
 
 
 def encode_lock(lock: LockRecord) -> bytes:
-    data = asdict(lock)
-    return _dumps({"format": FORMAT, "kind": "lock", **data})
+    o = lock.owner
+    owner = {
+        "host": o.host,
+        "machine_id": o.machine_id,
+        "boot_id": o.boot_id,
+        "pidns": o.pidns,
+        "pid": o.pid,
+        "start_ticks": o.start_ticks,
+    }
+    return _dumps(
+        {
+            "format": FORMAT,
+            "kind": "lock",
+            "task": lock.task,
+            "agent": lock.agent,
+            "token": lock.token,
+            "attempt": lock.attempt,
+            "fence": lock.fence,
+            "claimed_at": lock.claimed_at,
+            "ttl": lock.ttl,
+            "mode": lock.mode,
+            "owner": owner,
+        }
+    )
 
 
 def encode_final(final: FinalRecord) -> bytes:

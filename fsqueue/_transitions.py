@@ -20,10 +20,11 @@ from dataclasses import replace
 from typing import Literal
 
 from ._errors import CorruptRecord, LeaseLost
-from ._fsio import exists_nofollow, publish_new, publish_replace, unlink_quietly
+from ._fsio import exists_nofollow, fsync_dir, publish_new, publish_replace, unlink_quietly, write_staged
 from ._guard import guarded
 from ._identity import Owner, owner_state
 from ._index import add_entry, entry_for, remove_entry
+from ._owners import ensure_owner_dir, owner_link, unlink_owner_link
 from ._record import (
     Event,
     FinalRecord,
@@ -104,14 +105,38 @@ def try_claim(
             mode=mode,
             owner=owner,
         )
-        try:
-            publish_new(
-                layout.staging, encode_lock(lock), layout.lock(task_id), durable=store.durable, mtime=now + lease
-            )
-        except FileExistsError:
+        if not _publish_lock(store, lock, now + lease):
             return None
         remove_entry(layout.ready, rel)
         return lock, task, now + lease
+
+
+def _publish_lock(store: Store, lock: LockRecord, expires: float) -> bool:
+    """Create ``tasks/<id>.lock`` (complete, in one link) and, for a process owner, its owner-index link.
+
+    The owner link is made first: a crash between the two leaves only a stray index link (swept later),
+    never a lock that the owner index does not know -- which would hide a dead owner until its TTL.
+    """
+    layout = store.layout
+    tmp = write_staged(layout.staging, encode_lock(lock), durable=store.durable, mtime=expires)
+    try:
+        linked = None
+        if lock.mode == "process":
+            ensure_owner_dir(layout.owners, layout.staging, lock.owner)
+            linked = owner_link(layout.owners, lock.owner, lock.task)
+            unlink_quietly(linked)  # a stray link from a crash of an earlier claim by this same process
+            os.link(tmp, linked, follow_symlinks=False)
+        try:
+            os.link(tmp, layout.lock(lock.task), follow_symlinks=False)
+        except FileExistsError:
+            if linked is not None:
+                unlink_quietly(linked)
+            return False
+    finally:
+        unlink_quietly(tmp)
+    if store.durable:
+        fsync_dir(layout.tasks)
+    return True
 
 
 def _drop_leftovers(store: Store, task_id: str, rel: str, task: TaskRecord | None) -> None:
@@ -169,17 +194,20 @@ def complete(store: Store, task_id: str, token: str, result: object, agent: str)
         publish_new(layout.staging, encode_final(final), layout.done(task_id), durable=store.durable)
         # Committed. What follows is cleanup that any later transition would also perform.
         unlink_quietly(layout.record(task_id))
-        _unlink_lock_if_same(store, task_id, st)
+        _unlink_lock_if_same(store, task_id, st, lock)
 
 
-def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result) -> None:
+def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: LockRecord | None = None) -> None:
     path = store.layout.lock(task_id)
     try:
         now_st = os.lstat(path)
     except FileNotFoundError:
-        return
-    if (now_st.st_ino, now_st.st_dev) == (st.st_ino, st.st_dev):
+        now_st = None
+    if now_st is not None and (now_st.st_ino, now_st.st_dev) == (st.st_ino, st.st_dev):
         unlink_quietly(path)
+    # The index link goes after the lock: a crash in between leaves a stray link, not a hidden lock.
+    if lock is not None and lock.mode == "process":
+        unlink_owner_link(store.layout.owners, lock.owner, task_id)
 
 
 def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
@@ -213,7 +241,7 @@ def settle_failure(
         # This claim's outcome was recorded before a crash: finish the move without counting it again.
         if exists_nofollow(layout.record(task.id)):
             add_entry(layout.ready, task.entry, durable=store.durable)
-        _release_lock(store, task.id, st)
+        _release_lock(store, task.id, st, lock)
         return "pending"
     now = store.clock.now()
     attempts = max(task.attempts, lock.attempt)
@@ -229,19 +257,21 @@ def settle_failure(
         record = replace(record, ready_at=ready_at, entry=rel)
         publish_replace(layout.staging, encode_task(record), layout.record(task.id), durable=store.durable)
         add_entry(layout.ready, rel, durable=store.durable)
-        _release_lock(store, task.id, st)
+        _release_lock(store, task.id, st, lock)
         return "pending"
     reason = error if not retry else f"attempts exhausted ({attempts}/{task.max_attempts}): {error}"
     _bury(store, record, clip_error(reason), token=lock.token, agent=agent or lock.agent)
-    _release_lock(store, task.id, st)
+    _release_lock(store, task.id, st, lock)
     return "dead"
 
 
-def _release_lock(store: Store, task_id: str, st: os.stat_result | None) -> None:
+def _release_lock(store: Store, task_id: str, st: os.stat_result | None, lock: LockRecord | None = None) -> None:
     if st is None:
         unlink_quietly(store.layout.lock(task_id))
+        if lock is not None and lock.mode == "process":
+            unlink_owner_link(store.layout.owners, lock.owner, task_id)
     else:
-        _unlink_lock_if_same(store, task_id, st)
+        _unlink_lock_if_same(store, task_id, st, lock)
 
 
 def _bury(store: Store, task: TaskRecord, reason: str, *, token: str, agent: str) -> None:
@@ -303,7 +333,7 @@ def _apply_break(
     layout = store.layout
     if store.finished_state(task_id) is not None:
         unlink_quietly(layout.record(task_id))  # committed before a crash: only leftovers remain
-        _release_lock(store, task_id, st)
+        _release_lock(store, task_id, st, lock)
         return "cleaned"
     why = reason or f"lease broken: owner {verdict}"
     try:

@@ -1,0 +1,66 @@
+"""The owner index: ``owners/<key>/<id>.lock`` hard links, so dead owners are found without reading locks.
+
+Every claim owned by a process is also linked (same inode) under a directory named for that process's
+identity, beside an ``owner.json`` that records the identity once. A sweep then judges each *owner*
+once -- a few hundred processes, not 100,000 locks -- and reads the lock records of dead owners only;
+a lease's expiry is the lock's mtime, so the rest of a sweep is one ``stat`` per lock. The links are an
+index, never the truth: a link whose ``tasks/<id>.lock`` is gone or is another inode is a leftover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from ._fsio import publish_new, unlink_quietly
+from ._identity import Owner
+
+
+def owner_key(owner: Owner) -> str:
+    """The directory name for an owner: a digest of every identity field (names stay short and safe)."""
+    text = "\0".join(
+        (owner.host, owner.machine_id, owner.boot_id, str(owner.pidns), str(owner.pid), str(owner.start_ticks))
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def encode_owner(owner: Owner) -> bytes:
+    return (
+        json.dumps(
+            {
+                "format": "fsqueue/1",
+                "kind": "owner",
+                "host": owner.host,
+                "machine_id": owner.machine_id,
+                "boot_id": owner.boot_id,
+                "pidns": owner.pidns,
+                "pid": owner.pid,
+                "start_ticks": owner.start_ticks,
+            }
+        )
+        + "\n"
+    ).encode()
+
+
+def ensure_owner_dir(owners_dir: str, staging_dir: str, owner: Owner) -> str:
+    """Create ``owners/<key>/`` with its ``owner.json`` if missing; return the directory."""
+    path = os.path.join(owners_dir, owner_key(owner))
+    try:
+        os.mkdir(path, 0o750)
+    except FileExistsError:
+        if os.path.lexists(os.path.join(path, "owner.json")):
+            return path
+    try:
+        publish_new(staging_dir, encode_owner(owner), os.path.join(path, "owner.json"), durable=False)
+    except FileExistsError:
+        pass
+    return path
+
+
+def owner_link(owners_dir: str, owner: Owner, task_id: str) -> str:
+    return os.path.join(owners_dir, owner_key(owner), f"{task_id}.lock")
+
+
+def unlink_owner_link(owners_dir: str, owner: Owner, task_id: str) -> None:
+    unlink_quietly(owner_link(owners_dir, owner, task_id))
