@@ -18,11 +18,11 @@ demo: $(STAMP)
 test: lint types pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check fsqueue tests
-	$(BIN)/ruff format --check fsqueue tests
+	$(BIN)/ruff check fsqueue watchdog tests bench
+	$(BIN)/ruff format --check fsqueue watchdog tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy --strict fsqueue
+	$(BIN)/mypy --strict fsqueue watchdog/fsqueue_watchdog
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -384,6 +384,19 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"locks   {locks_line}")
 
 
+@cli.command(
+    name="watchdog", context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def watchdog_command(ctx: Context, args: tuple[str, ...]) -> None:
+    """Run the watchdog (the same options as fsqueue-watchdog; see `fsqueue watchdog --help`)."""
+    from fsqueue_watchdog.cli import watchdog
+
+    prefix = ["--root", ctx.root, *(["--config", ctx.config_path] if ctx.config_path else [])]
+    watchdog.main(args=[*prefix, *args], prog_name="fsqueue watchdog")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="fsqueue")

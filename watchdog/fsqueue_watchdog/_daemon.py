@@ -1,0 +1,155 @@
+"""The daemon: one per root, a sweep every interval, graceful on SIGTERM/SIGINT, reloads on SIGHUP.
+
+Signal handlers only set flags (huey's consumer); the loop waits on an Event with the interval as
+timeout, so between sweeps the process sleeps in the kernel and costs no CPU. SIGTERM/SIGINT let the
+sweep in flight finish (each break is a complete guarded transition anyway) and exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import replace
+from typing import IO, Any
+
+from fsqueue import ConfigError, FsQueueError, Queue
+
+from ._log import ActionLog
+from ._metrics import render, write_metrics
+from ._notify import sd_notify
+from ._settings import LogFormat, WatchdogSettings, load_settings
+from ._sweep import Sweeper, SweepReport
+
+EXIT_ALREADY_RUNNING = 1
+
+
+class AlreadyRunning(FsQueueError, RuntimeError):
+    """Another watchdog holds this root's singleton lock."""
+
+
+class Daemon:
+    """Sweeps one queue root until told to stop."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        config_path: str | None = None,
+        interval: float | None = None,
+        log_format: LogFormat | None = None,
+        stream: IO[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.config_path = config_path
+        self._interval_override = interval
+        self._format_override = log_format
+        config, settings = load_settings(config_path)
+        self.settings = self._overridden(settings)
+        self.log = ActionLog(self.settings.log_format, stream)
+        self.queue = Queue(root, config=config)
+        self.sweeper = Sweeper(self.queue, self.settings, self.log)
+        self.stop_requested = False
+        self.reload_requested = False
+        self._wake = threading.Event()
+        self.last_report: SweepReport | None = None
+
+    def _overridden(self, settings: WatchdogSettings) -> WatchdogSettings:
+        changes: dict[str, Any] = {}
+        if self._interval_override is not None:
+            changes["interval"] = self._interval_override
+        if self._format_override is not None:
+            changes["log_format"] = self._format_override
+        return replace(settings, **changes) if changes else settings
+
+    # Handlers only record the request and wake the loop.
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def reload(self) -> bool:
+        """Re-read the config; a bad one keeps the old settings and says why."""
+        try:
+            config, settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            self.log.action("reload", reason=f"config rejected, keeping the previous one: {exc}")
+            return False
+        self.settings = self._overridden(settings)
+        self.log.fmt = self.settings.log_format
+        self.queue = Queue(self.root, config=config)
+        self.sweeper.queue = self.sweeper.repairer.queue = self.queue
+        self.sweeper.settings = self.sweeper.repairer.settings = self.settings
+        self.log.action("reload", reason="config reloaded", path=self.config_path or "-")
+        return True
+
+    def sweep_once(self) -> SweepReport:
+        """One sweep, then metrics and the systemd watchdog ping."""
+        report = self.sweeper.sweep()
+        self.last_report = report
+        if self.settings.metrics:
+            try:
+                text = render(report, self.sweeper.repairer.census, self.sweeper.breaks_total, self.queue.root)
+                write_metrics(self.settings.metrics, text)
+            except OSError as exc:
+                self.log.action("error", path=self.settings.metrics, reason=f"cannot write metrics: {exc.strerror}")
+        sd_notify("WATCHDOG=1", f"STATUS={report.status_line()}")
+        return report
+
+    def run(self, *, once: bool = False) -> int:
+        """Sweep every interval until SIGTERM/SIGINT (or once); returns the exit status."""
+        sd_notify("READY=1", "STATUS=started")
+        try:
+            while True:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                self.sweep_once()
+                if once or self.stop_requested:
+                    break
+                self._wake.wait(self.settings.interval)
+                self._wake.clear()
+                if self.stop_requested:
+                    break
+        finally:
+            sd_notify("STOPPING=1")
+        return 0
+
+
+def hold_singleton(root: str, *, wait: bool) -> Any:
+    """Take the one-watchdog-per-root lock (filelock's flock); raise AlreadyRunning if held."""
+    from filelock import FileLock, Timeout
+
+    path = os.path.join(os.path.abspath(root), "watchdog.lock")
+    pid_path = os.path.join(os.path.abspath(root), "watchdog.pid")
+    lock = FileLock(path, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _read_pid(pid_path)
+        raise AlreadyRunning(
+            f"another fsqueue-watchdog already sweeps {root} ({path} is held{holder}); "
+            "stop it first, or pass --wait to take over when it exits",
+            path=path,
+        ) from None
+    tmp = f"{pid_path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(tmp, pid_path)
+    return lock
+
+
+def _read_pid(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return f" by pid {int(handle.read().strip())}"
+    except (OSError, ValueError):
+        return ""

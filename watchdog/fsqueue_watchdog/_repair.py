@@ -1,0 +1,141 @@
+"""The slower passes of a sweep: crash leftovers, retention, and the task census for metrics.
+
+These cost time in proportion to the number of tasks, so they run every ``repair_every`` seconds and
+at start-up, not every sweep. Each repair runs under the task's guard and is idempotent: a watchdog
+killed in the middle of one simply does it again next time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from fsqueue import CorruptRecord, Queue
+from fsqueue._fsio import exists_nofollow, unlink_quietly
+from fsqueue._guard import guarded
+from fsqueue._ids import validate_task_id
+from fsqueue._index import add_entry, iter_entries, priorities
+
+from ._log import ActionLog
+from ._settings import WatchdogSettings
+
+if TYPE_CHECKING:
+    from ._sweep import SweepReport
+
+
+class Repairer:
+    """Runs the slow passes on their cadence and keeps the last census."""
+
+    def __init__(self, queue: Queue, settings: WatchdogSettings, log: ActionLog) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.log = log
+        self.last_run: float | None = None
+        self.census: dict[str, int] = {}
+
+    def run(self, report: SweepReport, now: float, *, force: bool = False) -> None:
+        report.oldest_pending_age = self.oldest_pending_age(now)
+        if not force and self.last_run is not None and now - self.last_run < self.settings.repair_every:
+            return
+        self.last_run = now
+        self.clean_staging(report, now)
+        self.repair_records(report)
+        self.prune(report, now, "done", self.settings.retention_done)
+        self.prune(report, now, "dead", self.settings.retention_dead)
+        self.take_census(now)
+
+    def oldest_pending_age(self, now: float) -> float | None:
+        """Age of the longest-waiting ready task: the first marker of each priority, no full walk."""
+        oldest = None
+        for priority in priorities(self.queue.layout.ready):
+            for _, ready_at, task_id in iter_entries(self.queue.layout.ready, priority, until=now):
+                if exists_nofollow(self.queue.layout.lock(task_id)):
+                    continue
+                oldest = ready_at if oldest is None else min(oldest, ready_at)
+                break
+        return None if oldest is None else max(0.0, now - oldest)
+
+    def clean_staging(self, report: SweepReport, now: float) -> None:
+        """Remove staging files older than the bound: a writer crashed between write and link."""
+        staging = self.queue.layout.staging
+        for entry in _scandir(staging):
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            # Lock files are staged with their lease expiry as mtime (in the future): never "old".
+            if age > self.settings.staging_max_age and unlink_quietly(entry.path):
+                report.repairs["staging"] += 1
+                self.log.action("repair", path=entry.path, reason=f"staging file older than {age:.0f}s removed")
+
+    def repair_records(self, report: SweepReport) -> None:
+        """Records whose task is done/dead are removed; records with neither lock nor marker re-indexed."""
+        layout = self.queue.layout
+        for entry in _scandir(layout.records):
+            if not entry.name.endswith(".json"):
+                continue
+            task_id = entry.name[: -len(".json")]
+            try:
+                validate_task_id(task_id)
+            except ValueError:
+                continue
+            with guarded(layout.guard(task_id)):
+                self._repair_one(task_id, report)
+
+    def _repair_one(self, task_id: str, report: SweepReport) -> None:
+        layout = self.queue.layout
+        if self.queue.finished_state(task_id) is not None:
+            if unlink_quietly(layout.record(task_id)):
+                report.repairs["record-of-finished-task"] += 1
+                self.log.action("repair", task=task_id, reason="task was committed; its leftover record removed")
+            return
+        if exists_nofollow(layout.lock(task_id)):
+            return
+        try:
+            task = self.queue.read_task(task_id)
+        except CorruptRecord as exc:
+            self.queue.quarantine(layout.record(task_id), str(exc))
+            report.repairs["quarantined"] += 1
+            self.log.action("quarantine", task=task_id, path=layout.record(task_id), reason=str(exc))
+            return
+        if task is None or exists_nofollow(os.path.join(layout.ready, task.entry)):
+            return
+        add_entry(layout.ready, task.entry, durable=self.queue.durable)
+        report.repairs["orphan-record"] += 1
+        self.log.action("repair", task=task_id, reason="pending task had no index marker; re-indexed")
+
+    def prune(self, report: SweepReport, now: float, state: str, max_age: float | None) -> None:
+        """Remove done results / dead letters older than their retention."""
+        if max_age is None:
+            return
+        directory = self.queue.layout.sub(state)
+        for entry in _scandir(directory):
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age <= max_age or not entry.name.endswith(".json"):
+                continue
+            task_id = entry.name[: -len(".json")]
+            try:
+                validate_task_id(task_id)
+            except ValueError:
+                continue
+            with guarded(self.queue.layout.guard(task_id)):  # a requeue of this dead letter may be running
+                removed = unlink_quietly(entry.path)
+            if removed:
+                report.repairs[f"pruned-{state}"] += 1
+                self.log.action("prune", task=task_id, reason=f"{state} for {age / 86400:.1f} days")
+
+    def take_census(self, now: float) -> None:
+        """Count tasks by state for the metrics (a full walk; hence on the slow cadence)."""
+        status = self.queue.status()
+        self.census = dict(status["tasks"])
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

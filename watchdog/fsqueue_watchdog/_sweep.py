@@ -1,0 +1,258 @@
+"""One sweep over a queue root: break dead and expired claims, repair crash leftovers, count.
+
+Cost: one ``scandir`` + ``stat`` per lock, one judgement per *owner* (``owners/`` index), and a lock
+record is read only when its stat or its owner says it may need action. Pending tasks cost nothing
+here except in the slower repair pass, which runs every ``repair_every`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fsqueue import CorruptRecord, Queue
+from fsqueue._errors import FsQueueError
+from fsqueue._identity import Owner, OwnerState, owner_state
+from fsqueue._ids import validate_task_id
+from fsqueue._record import ForeignFormat, LockRecord
+from fsqueue._transitions import Verdict, break_lock
+
+from ._log import ActionLog
+from ._repair import Repairer
+from ._settings import WatchdogSettings
+
+
+@dataclass
+class SweepReport:
+    """What one sweep saw and did (the figures behind the metrics and the systemd STATUS line)."""
+
+    at: float
+    duration: float = 0.0
+    locks: int = 0
+    locks_by_owner: Counter[str] = field(default_factory=Counter)
+    breaks: Counter[str] = field(default_factory=Counter)
+    repairs: Counter[str] = field(default_factory=Counter)
+    oldest_pending_age: float | None = None
+
+    def status_line(self) -> str:
+        broke = sum(self.breaks.values())
+        return f"last sweep: {self.locks} locks, {broke} broken, {sum(self.repairs.values())} repaired"
+
+
+class Sweeper:
+    """Sweeps one queue; keeps what must survive between sweeps (the two-sweep rule, owner cache)."""
+
+    def __init__(self, queue: Queue, settings: WatchdogSettings, log: ActionLog) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.log = log
+        self.repairer = Repairer(queue, settings, log)
+        #: Locks seen expired by the previous sweep, by task: (inode, mtime_ns). A renewal changes the
+        #: mtime, so a renewal racing the sweep never meets the two-sweep rule (rq #2424, #1604).
+        self._expired_seen: dict[str, tuple[int, int]] = {}
+        self._owners: dict[str, Owner | None] = {}
+        self._left_alone: set[tuple[str, int]] = set()
+        self._first = True
+        self.breaks_total: Counter[str] = Counter()
+
+    def sweep(self, now: float | None = None) -> SweepReport:
+        """Run one sweep at ``now`` (the injected clock by default)."""
+        import time
+
+        started = time.monotonic()
+        now = self.queue.clock.now() if now is None else now
+        report = SweepReport(at=now)
+        owner_of_task = self._owners_pass(report)
+        self._locks_pass(report, owner_of_task, now)
+        self.repairer.run(report, now, force=self._first)
+        self._first = False
+        report.duration = time.monotonic() - started
+        self.breaks_total.update(report.breaks)
+        return report
+
+    # -- owners: judge each process once, break the locks of the dead ones ----------------------------
+
+    def _owners_pass(self, report: SweepReport) -> dict[str, OwnerState]:
+        owners_dir = self.queue.layout.owners
+        states: dict[str, OwnerState] = {}
+        for entry in _scandir(owners_dir):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            owner = self._owner(entry.name, entry.path)
+            links = [n for n in _listdir(entry.path) if n.endswith(".lock")]
+            state: OwnerState = "foreign" if owner is None else owner_state(owner)
+            for name in links:
+                task_id = name[: -len(".lock")]
+                states[task_id] = state
+                if state == "dead":
+                    self._break_dead(task_id, os.path.join(entry.path, name), report)
+            if state == "dead" and not links:
+                self._forget_owner(entry.name, entry.path)
+        return states
+
+    def _owner(self, key: str, path: str) -> Owner | None:
+        if key not in self._owners:
+            self._owners[key] = _read_owner(os.path.join(path, "owner.json"))
+        return self._owners[key]
+
+    def _forget_owner(self, key: str, path: str) -> None:
+        # A dead owner creates no new links, so an empty dead owner's directory can go.
+        try:
+            os.unlink(os.path.join(path, "owner.json"))
+            os.rmdir(path)
+        except OSError:
+            return
+        self._owners.pop(key, None)
+
+    def _break_dead(self, task_id: str, link: str, report: SweepReport) -> None:
+        lock_path = self.queue.layout.lock(task_id)
+        try:
+            same = _same_file(os.lstat(link), os.lstat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            # The claim ended (or a crash came between its two unlinks): the link is a stray.
+            try:
+                os.unlink(link)
+            except OSError:
+                pass
+            return
+        self._break(task_id, frozenset({"dead"}), report, reason="owner process is gone")
+
+    # -- locks: stat each, break leases seen expired on two consecutive sweeps -------------------------
+
+    def _locks_pass(self, report: SweepReport, owner_of_task: dict[str, OwnerState], now: float) -> None:
+        seen: dict[str, tuple[int, int]] = {}
+        for entry in _scandir(self.queue.layout.tasks):
+            if not entry.name.endswith(".lock"):
+                continue
+            task_id = entry.name[: -len(".lock")]
+            try:
+                validate_task_id(task_id)
+                st = entry.stat(follow_symlinks=False)
+            except (ValueError, FileNotFoundError):
+                continue
+            report.locks += 1
+            if not stat.S_ISREG(st.st_mode):
+                report.locks_by_owner["corrupt"] += 1
+                self._break(task_id, frozenset({"corrupt"}), report, reason="lock is not a regular file")
+                continue
+            expired = st.st_mtime + self.settings.grace <= now
+            owner = owner_of_task.get(task_id)
+            if expired:
+                report.locks_by_owner["expired"] += 1
+                key = (st.st_ino, st.st_mtime_ns)
+                if self._expired_seen.get(task_id) == key:
+                    self._break(
+                        task_id,
+                        frozenset({"expired", "dead", "corrupt"}),
+                        report,
+                        reason="lease expired on two consecutive sweeps",
+                    )
+                else:
+                    seen[task_id] = key
+            elif owner is not None:
+                report.locks_by_owner[owner] += 1
+            elif self._first:
+                # Not in the owner index: lease-only, another host's, or (after a power loss) an owner
+                # link that never reached the disk. Judge these by their record once, at start-up.
+                report.locks_by_owner[self._judge_unindexed(task_id, report)] += 1
+            else:
+                report.locks_by_owner["lease"] += 1
+        self._expired_seen = seen
+
+    def _judge_unindexed(self, task_id: str, report: SweepReport) -> str:
+        info = self.queue.lock_info(task_id)
+        if info is None:
+            return "gone"
+        if info.verdict in ("dead", "corrupt"):
+            reason = "owner process is gone" if info.verdict == "dead" else "lock record is corrupt"
+            self._break(task_id, frozenset({"dead", "corrupt"}), report, reason=reason)
+        return info.verdict
+
+    def _break(self, task_id: str, allow: frozenset[Verdict], report: SweepReport, *, reason: str) -> None:
+        """Re-read the lock, then break it under the task's guard only if it is still the one judged."""
+        try:
+            found = self.queue.read_lock(task_id)
+            token = None if found is None else found[0].token
+            if found is None:
+                return
+        except ForeignFormat:
+            self._note_left_alone(task_id)
+            return
+        except CorruptRecord:
+            token = None
+            allow = allow | {"corrupt"}
+        try:
+            got = break_lock(
+                self.queue, task_id, allow=allow, expect_token=token, reason=f"lease broken by the watchdog: {reason}"
+            )
+        except (FsQueueError, OSError) as exc:
+            self.log.action("error", task=task_id, reason=f"cannot break lock: {exc}")
+            return
+        if got is None:
+            return
+        outcome, verdict, lock = got
+        report.breaks[verdict] += 1
+        self.log.action("break", **_lock_fields(task_id, lock), reason=reason, verdict=verdict, outcome=outcome)
+
+    def _note_left_alone(self, task_id: str) -> None:
+        try:
+            ino = os.lstat(self.queue.layout.lock(task_id)).st_ino
+        except OSError:
+            return
+        if (task_id, ino) not in self._left_alone:
+            self._left_alone.add((task_id, ino))
+            self.log.action("skip", task=task_id, reason="lock written in an unknown format; left alone")
+
+
+def _lock_fields(task_id: str, lock: LockRecord | None) -> dict[str, Any]:
+    if lock is None:
+        return {"task": task_id}
+    return {
+        "task": task_id,
+        "agent": lock.agent,
+        "pid": lock.owner.pid,
+        "host": lock.owner.host,
+        "attempt": lock.attempt,
+    }
+
+
+def _read_owner(path: str) -> Owner | None:
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read(65536))
+        return Owner(
+            str(data["host"]),
+            str(data["machine_id"]),
+            str(data["boot_id"]),
+            int(data["pidns"]),
+            int(data["pid"]),
+            int(data["start_ticks"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: the owner is treated as foreign, its locks judged by their lease
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
