@@ -114,16 +114,25 @@ def owner_state(owner: Owner) -> OwnerState:
 
 
 def _process_matches(pid: int, ticks: int) -> bool:
-    # psutil reports zombies (killed, not yet reaped by their parent) that os.kill(pid, 0) calls alive.
+    current = start_ticks(pid)
+    if current is None:
+        # /proc/<pid> is unreadable: the process is gone, or hidden from us (hidepid, ProtectProc).
+        # Only ESRCH proves death; anything else fails closed (alive).
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if current != ticks:
+        return False  # the PID was recycled: the recorded owner is gone (filelock #531)
+    # psutil reports zombies (killed, not yet reaped by their parent) that still have a /proc entry.
     import psutil
 
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:
-        pass  # it exists; fall through to the start-time comparison, which /proc allows
-    # A different start time means the PID was recycled: the recorded owner is gone.
-    return start_ticks(pid) == ticks
+        return True

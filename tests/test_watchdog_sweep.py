@@ -267,3 +267,12 @@ def test_metrics_file_is_written(root: Path, tmp_path: Path) -> None:
     ):
         assert name in text
     assert 'state="pending"} 1' in text
+
+
+def test_one_shot_runs_share_the_two_sweep_rule(queue: Queue, log: ActionLog, clock: ManualClock) -> None:
+    """Two one-shot watchdog runs (new processes each time) still break an expired lease on the second."""
+    queue.enqueue("x", id="t", ttl=MINUTE)
+    queue.claim("a", lease_only=True)
+    clock.advance(MINUTE)
+    assert Sweeper(queue, WatchdogSettings(), log).sweep().breaks == {}
+    assert Sweeper(queue, WatchdogSettings(), log).sweep().breaks == {"expired": 1}

@@ -14,7 +14,7 @@ from fsqueue import CorruptRecord, Queue
 from fsqueue._fsio import exists_nofollow, unlink_quietly
 from fsqueue._guard import guarded
 from fsqueue._ids import validate_task_id
-from fsqueue._index import add_entry, iter_entries, priorities
+from fsqueue._index import add_entry, iter_all, iter_entries, priorities
 
 from ._log import ActionLog
 from ._settings import WatchdogSettings
@@ -39,10 +39,10 @@ class Repairer:
             return
         self.last_run = now
         self.clean_staging(report, now)
-        self.repair_records(report)
+        # Repair first: a committed task's leftover record must go while its done record still says so.
+        self.repair_records(report, now)
         self.prune(report, now, "done", self.settings.retention_done)
         self.prune(report, now, "dead", self.settings.retention_dead)
-        self.take_census(now)
 
     def oldest_pending_age(self, now: float) -> float | None:
         """Age of the longest-waiting ready task: the first marker of each priority, no full walk."""
@@ -68,19 +68,34 @@ class Repairer:
                 report.repairs["staging"] += 1
                 self.log.action("repair", path=entry.path, reason=f"staging file older than {age:.0f}s removed")
 
-    def repair_records(self, report: SweepReport) -> None:
-        """Records whose task is done/dead are removed; records with neither lock nor marker re-indexed."""
+    def repair_records(self, report: SweepReport, now: float) -> None:
+        """Records whose task is done/dead are removed; records with neither lock nor marker re-indexed.
+
+        Decided from four directory listings (no record is read unless it looks orphaned), so the
+        pass costs one name per task, not one file read per task.
+        """
         layout = self.queue.layout
-        for entry in _scandir(layout.records):
-            if not entry.name.endswith(".json"):
-                continue
-            task_id = entry.name[: -len(".json")]
-            try:
-                validate_task_id(task_id)
-            except ValueError:
-                continue
+        pending = delayed = 0
+        indexed: set[str] = set()
+        for _, ready_at, task_id in iter_all(layout.ready):
+            indexed.add(task_id)
+            if ready_at > now:
+                delayed += 1
+            else:
+                pending += 1
+        locked = _ids(layout.tasks, ".lock")
+        finished = _ids(layout.sub("done"), ".json") | _ids(layout.sub("dead"), ".json")
+        suspects = [t for t in _ids(layout.records, ".json") if t in finished or (t not in indexed and t not in locked)]
+        for task_id in suspects:
             with guarded(layout.guard(task_id)):
                 self._repair_one(task_id, report)
+        self.census = {
+            "pending": pending,
+            "delayed": delayed,
+            "running": len(locked),
+            "done": len(_ids(layout.sub("done"), ".json")),
+            "dead": len(_ids(layout.sub("dead"), ".json")),
+        }
 
     def _repair_one(self, task_id: str, report: SweepReport) -> None:
         layout = self.queue.layout
@@ -122,15 +137,12 @@ class Repairer:
             except ValueError:
                 continue
             with guarded(self.queue.layout.guard(task_id)):  # a requeue of this dead letter may be running
+                # A leftover record would turn pending again once its done/dead record is gone.
+                unlink_quietly(self.queue.layout.record(task_id))
                 removed = unlink_quietly(entry.path)
             if removed:
                 report.repairs[f"pruned-{state}"] += 1
                 self.log.action("prune", task=task_id, reason=f"{state} for {age / 86400:.1f} days")
-
-    def take_census(self, now: float) -> None:
-        """Count tasks by state for the metrics (a full walk; hence on the slow cadence)."""
-        status = self.queue.status()
-        self.census = dict(status["tasks"])
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:
@@ -139,3 +151,17 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
             return list(entries)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _ids(directory: str, suffix: str) -> set[str]:
+    """Valid task ids of the ``<id><suffix>`` entries in ``directory``."""
+    names = {e.name[: -len(suffix)] for e in _scandir(directory) if e.name.endswith(suffix)}
+    return {n for n in names if _valid(n)}
+
+
+def _valid(task_id: str) -> bool:
+    try:
+        validate_task_id(task_id)
+    except ValueError:
+        return False
+    return True

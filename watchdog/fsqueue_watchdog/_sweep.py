@@ -23,6 +23,7 @@ from fsqueue._transitions import Verdict, break_lock
 from ._log import ActionLog
 from ._repair import Repairer
 from ._settings import WatchdogSettings
+from ._state import SweepState, load_state, save_state
 
 
 @dataclass
@@ -45,17 +46,21 @@ class SweepReport:
 class Sweeper:
     """Sweeps one queue; keeps what must survive between sweeps (the two-sweep rule, owner cache)."""
 
-    def __init__(self, queue: Queue, settings: WatchdogSettings, log: ActionLog) -> None:
+    def __init__(self, queue: Queue, settings: WatchdogSettings, log: ActionLog, *, persist: bool = True) -> None:
         self.queue = queue
         self.settings = settings
         self.log = log
         self.repairer = Repairer(queue, settings, log)
+        self.persist = persist
+        state = load_state(queue.root) if persist else SweepState()
         #: Locks seen expired by the previous sweep, by task: (inode, mtime_ns). A renewal changes the
         #: mtime, so a renewal racing the sweep never meets the two-sweep rule (rq #2424, #1604).
-        self._expired_seen: dict[str, tuple[int, int]] = {}
+        self._expired_seen: dict[str, tuple[int, int]] = state.expired
+        self.repairer.last_run = state.repaired_at
         self._owners: dict[str, Owner | None] = {}
         self._left_alone: set[tuple[str, int]] = set()
-        self._first = True
+        #: The first sweep of a boot reads the locks the owner index does not know (see _locks_pass).
+        self._first = not state.boot_id
         self.breaks_total: Counter[str] = Counter()
 
     def sweep(self, now: float | None = None) -> SweepReport:
@@ -69,6 +74,13 @@ class Sweeper:
         self._locks_pass(report, owner_of_task, now)
         self.repairer.run(report, now, force=self._first)
         self._first = False
+        if self.persist:
+            try:
+                save_state(
+                    self.queue.root, self.queue.layout.staging, SweepState(self._expired_seen, self.repairer.last_run)
+                )
+            except OSError as exc:
+                self.log.action("error", reason=f"cannot save sweep state: {exc.strerror}")
         report.duration = time.monotonic() - started
         self.breaks_total.update(report.breaks)
         return report
