@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: lint types pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check fsqueue watchdog tests bench
-	$(BIN)/ruff format --check fsqueue watchdog tests bench
+	$(BIN)/ruff check fsqueue watchdog tests bench demo
+	$(BIN)/ruff format --check fsqueue watchdog tests bench demo
 
 types: $(STAMP)
 	$(BIN)/mypy --strict fsqueue watchdog/fsqueue_watchdog

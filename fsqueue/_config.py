@@ -85,10 +85,11 @@ def config_from_mapping(data: object, source: str = "config") -> Config:
         bad = sorted(set(retry) - _RETRY_KEYS, key=str)
         if bad:
             raise ConfigError(f"{source}: unknown key 'retry.{bad[0]}' (known: retry.base, retry.max)")
-        if "base" in retry:
-            changes["retry_base"] = parse_duration(retry["base"], f"{source}: retry.base")
-        if "max" in retry:
-            changes["retry_max"] = parse_duration(retry["max"], f"{source}: retry.max")
+        for key in ("base", "max"):
+            if key in retry:
+                seconds = parse_duration(retry[key], f"{source}: retry.{key}")
+                _positive(f"{source}: retry.{key}", seconds)
+                changes[f"retry_{key}"] = seconds
     try:
         return replace(Config(), **changes)
     except ConfigError as exc:
@@ -107,8 +108,16 @@ def load_config(path: str) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}", path=path) from None
+        raise ConfigError(f"config file {path} is not valid YAML{yaml_error_where(exc)}", path=path) from None
     return config_from_mapping(data, path)
+
+
+def yaml_error_where(exc: Exception) -> str:
+    """``" at line L, column C: problem"`` on one line (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", "") or exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}"
 
 
 def config_field_names() -> list[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from ._errors import StorageError
@@ -28,6 +30,19 @@ def storage_error(exc: OSError, action: str, path: str, task_id: str | None = No
         errno.ELOOP: "a symlink was found where fsqueue expects a real file; it is not followed",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return StorageError(f"cannot {action} {path}: {hint}", path=path, task_id=task_id, errno=exc.errno)
+
+
+@contextmanager
+def storage_errors(action: str, path: str, task_id: str | None = None) -> Iterator[None]:
+    """Turn a bare OSError raised inside into a StorageError naming the action, path and remedy."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, action, exc.filename or path, task_id) from exc
 
 
 def fsync_dir(path: str) -> None:

@@ -104,7 +104,8 @@ def lease_only_owner() -> Owner:
 
 def owner_state(owner: Owner) -> OwnerState:
     """Judge a recorded owner: ``dead`` only on proof, ``foreign`` when it cannot be probed from here."""
-    if owner.pid <= 0 or not owner.machine_id or owner.machine_id != machine_id():
+    # Same machine = same machine id *and* host name (a cloned image may share the machine id).
+    if owner.pid <= 0 or not owner.machine_id or owner.machine_id != machine_id() or owner.host != _this_host():
         return "foreign"
     if owner.boot_id and boot_id() and owner.boot_id != boot_id():
         return "dead"  # the same machine has rebooted since: every process of that boot is gone

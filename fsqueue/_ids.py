@@ -33,5 +33,5 @@ def validate_task_id(task_id: object) -> str:
 
 
 def new_task_id() -> str:
-    """A fresh id that sorts by creation time: 13 hex digits of nanoseconds, then 8 random hex digits."""
+    """A fresh id that sorts by creation time: 16 hex digits of nanoseconds, then 8 random hex digits."""
     return f"{time.time_ns():016x}-{os.urandom(4).hex()}"

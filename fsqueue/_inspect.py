@@ -211,7 +211,7 @@ class Inspection(Store):
         if dead:
             allow |= {"dead", "corrupt"}
         if expired:
-            allow |= {"expired"}
+            allow |= {"expired", "dead"}  # a dead owner's lock is broken however its lease stands
         done: list[tuple[str, str, Verdict]] = []
         if task_ids:
             for task_id in task_ids:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._errors import QueueRootError
-from ._fsio import storage_error
+from ._fsio import fsync_dir, storage_error
 
 ROOT_MARKER: Final = "fsqueue.json"
 SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "owners", "status")
@@ -94,7 +94,10 @@ def create_root(root: str) -> Layout:
         try:
             with open(tmp, "w", encoding="ascii") as handle:
                 handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, marker)
+            fsync_dir(layout.root)
         except OSError as exc:
             raise storage_error(exc, "write", marker) from exc
     return layout
@@ -119,13 +122,13 @@ def open_root(root: str, *, create_missing: bool = False) -> Layout:
             path=root,
         )
     for name in SUBDIRS:
-        _check_subdir(os.path.join(root, name), create=create_missing)
+        _check_subdir(os.path.join(root, name))
     layout = Layout(root)
     _ensure_guards(layout, create=create_missing)
     return layout
 
 
-def _check_subdir(path: str, *, create: bool) -> None:
+def _check_subdir(path: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -144,7 +147,6 @@ def _check_subdir(path: str, *, create: bool) -> None:
         )
     if not stat.S_ISDIR(st.st_mode):
         raise QueueRootError(f"{path} is not a directory; move it aside and run `fsqueue init`", path=path)
-    del create
 
 
 def _ensure_guards(layout: Layout, *, create: bool) -> None:

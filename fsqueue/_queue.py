@@ -39,7 +39,7 @@ def check_json(value: Any, what: str) -> bytes:
 
 def check_agent(agent: str) -> str:
     if not isinstance(agent, str) or not agent or len(agent) > MAX_AGENT_LENGTH or not agent.isprintable():
-        raise InvalidTaskId(f"agent name {agent!r} is refused: use 1-{MAX_AGENT_LENGTH} printable characters")
+        raise InvalidPayload(f"agent name {agent!r} is refused: use 1-{MAX_AGENT_LENGTH} printable characters")
     return agent
 
 

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from ._claim import Claim
-from ._errors import LeaseLost
+from ._errors import InvalidPayload, LeaseLost
 from ._queue import Queue
 
 MAX_RESULT_BYTES: Final = 4 * 1024 * 1024
 STDERR_TAIL: Final = 2000
 KILL_GRACE: Final = 10.0
+#: How long to wait for the command's output pipes to close after it exited (a background child may
+#: keep them open); the lease is renewed meanwhile.
+OUTPUT_GRACE: Final = 2.0
 EXIT_LEASE_LOST: Final = 5
 
 
@@ -130,7 +133,8 @@ def run_one(
         )
     io = _ChildIO(proc, json.dumps(claim.payload).encode() + b"\n")
     ended = _supervise(claim, proc, timeout, signals)
-    io.join()
+    if ended != "lease-lost" and not _drain(claim, io):
+        ended = "lease-lost"
     if ended == "lease-lost":
         return Outcome(
             claim.id,
@@ -144,8 +148,18 @@ def run_one(
 def _settle(claim: Claim, code: int, ended: str, io: _ChildIO, timeout: float | None) -> Outcome:
     try:
         if ended == "exited" and code == 0:
-            claim.complete(_as_result(io.stdout()))
-            return Outcome(claim.id, 0)
+            try:
+                claim.complete(_as_result(io.stdout()))
+                return Outcome(claim.id, 0)
+            except InvalidPayload as exc:
+                why = f"exited 0 but its stdout cannot be stored as the result ({exc})"
+                state = claim.fail(f"command {why}", retry=False)
+                return Outcome(
+                    claim.id,
+                    1,
+                    f"fsqueue run: task {claim.id} failed: command {why}; it was "
+                    f"{'moved to dead-letter' if state == 'dead' else 'requeued'}",
+                )
         if ended == "timeout":
             why = f"timed out after {timeout:g}s and was killed"
         elif ended == "signalled":
@@ -171,6 +185,31 @@ def _settle(claim: Claim, code: int, ended: str, io: _ChildIO, timeout: float | 
     )
 
 
+def _drain(claim: Claim, io: _ChildIO) -> bool:
+    """Wait for the command's output pipes to close, renewing the lease; False if the lease was lost.
+
+    A background process started by the command may hold its stdout open long after the command
+    exited. We wait at most OUTPUT_GRACE for it, renewing meanwhile, then settle with what was read:
+    a lease left unrenewed while ``fsqueue run`` lives would be broken and the task run twice.
+    """
+    deadline = time.monotonic() + OUTPUT_GRACE
+    renew_every = max(0.05, claim.ttl / 3)
+    next_renew = time.monotonic() + renew_every
+    while not io.join(timeout=min(0.2, renew_every)):
+        now = time.monotonic()
+        if now >= deadline:
+            return True
+        if now >= next_renew:
+            next_renew = now + renew_every
+            try:
+                claim.renew()
+            except LeaseLost:
+                return False
+            except OSError:
+                pass
+    return True
+
+
 def _as_result(data: bytes) -> Any:
     text = data.decode("utf-8", errors="replace")
     try:
@@ -188,7 +227,9 @@ def _supervise(claim: Claim, proc: subprocess.Popen[bytes], timeout: float | Non
     deadline = None if timeout is None else start + timeout
     while True:
         try:
-            proc.wait(timeout=0.2)
+            proc.wait(timeout=min(0.2, renew_every))
+            # Interrupted counts as failed even on exit 0: many programs exit 0 on SIGTERM without
+            # finishing their work, and marking such a task done would lose it. A retry is fenced.
             return "signalled" if forwarded else "exited"
         except subprocess.TimeoutExpired:
             pass
@@ -257,9 +298,12 @@ class _ChildIO:
                 pass
             self._tail = (self._tail + chunk)[-STDERR_TAIL:]
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the three threads; True when all finished within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def stdout(self) -> bytes:
         return bytes(self._out)

@@ -20,7 +20,15 @@ from dataclasses import replace
 from typing import Literal
 
 from ._errors import CorruptRecord, LeaseLost
-from ._fsio import exists_nofollow, fsync_dir, publish_new, publish_replace, unlink_quietly, write_staged
+from ._fsio import (
+    exists_nofollow,
+    fsync_dir,
+    publish_new,
+    publish_replace,
+    storage_errors,
+    unlink_quietly,
+    write_staged,
+)
 from ._guard import guarded
 from ._identity import Owner, owner_state
 from ._index import add_entry, entry_for, remove_entry
@@ -81,6 +89,8 @@ def try_claim(
             return None
         try:
             task = store.read_task(task_id)
+        except ForeignFormat:
+            return None  # written by a newer fsqueue: not ours to run, and not garbage either
         except CorruptRecord as exc:
             store.quarantine(layout.record(task_id), str(exc))
             remove_entry(layout.ready, rel)
@@ -156,14 +166,14 @@ def checked_lock(store: Store, task_id: str, token: str) -> tuple[LockRecord, os
     if found is None or found[0].token != token:
         raise LeaseLost(
             f"lease on task {task_id} was lost: {path} is gone or belongs to another claim; "
-            "the result was not committed (another worker may run the task)",
+            "the operation was refused and nothing was committed (another worker may run the task)",
             path=path,
             task_id=task_id,
         )
     return found
 
 
-def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
+def _renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
     """Extend this claim's lease to now + ttl; LeaseLost when the lock is no longer this claim's."""
     with guarded(store.layout.guard(task_id)):
         lock, _ = checked_lock(store, task_id, token)
@@ -173,7 +183,7 @@ def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
         return expires
 
 
-def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
+def _complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
     """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
     layout = store.layout
     with guarded(layout.guard(task_id)):
@@ -210,7 +220,7 @@ def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: L
         unlink_owner_link(store.layout.owners, lock.owner, task_id)
 
 
-def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
+def _fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
     """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
     with guarded(store.layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
@@ -288,7 +298,7 @@ def _bury(store: Store, task: TaskRecord, reason: str, *, token: str, agent: str
 BreakOutcome = Literal["requeued", "dead", "cleaned", "quarantined"]
 
 
-def break_lock(
+def _break_lock(
     store: Store,
     task_id: str,
     *,
@@ -364,7 +374,7 @@ def _apply_break(
     return "dead" if outcome == "dead" else "requeued"
 
 
-def requeue(store: Store, task_id: str, agent: str = "") -> None:
+def _requeue(store: Store, task_id: str, agent: str = "") -> None:
     """Move a dead-lettered task back to pending with a fresh attempt budget."""
     from ._errors import TaskNotFound
 
@@ -388,3 +398,46 @@ def requeue(store: Store, task_id: str, agent: str = "") -> None:
         add_entry(layout.ready, rel, durable=store.durable)
         publish_replace(layout.staging, encode_task(task), layout.record(task_id), durable=store.durable)
         unlink_quietly(layout.dead(task_id))
+
+
+def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
+    """Extend this claim's lease to now + ttl; LeaseLost when the lock is no longer this claim's."""
+    with storage_errors("renew the lease in", store.layout.lock(task_id), task_id):
+        return _renew(store, task_id, token, ttl)
+
+
+def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
+    """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
+    with storage_errors("complete task into", store.layout.done(task_id), task_id):
+        _complete(store, task_id, token, result, agent)
+
+
+def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
+    """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
+    with storage_errors("record the failure in", store.layout.record(task_id), task_id):
+        return _fail(store, task_id, token, error, retry=retry, agent=agent)
+
+
+def requeue(store: Store, task_id: str, agent: str = "") -> None:
+    """Move a dead-lettered task back to pending with a fresh attempt budget."""
+    with storage_errors("requeue task into", store.layout.record(task_id), task_id):
+        _requeue(store, task_id, agent)
+
+
+def break_lock(
+    store: Store,
+    task_id: str,
+    *,
+    allow: frozenset[Verdict],
+    force: bool = False,
+    expect_token: str | None = None,
+    reason: str = "",
+) -> tuple[BreakOutcome, Verdict, LockRecord | None] | None:
+    """Break the lock of ``task_id`` if, judged under the guard, its verdict is in ``allow`` (or forced).
+
+    Identity-checked: the judgement and the removal happen under the task's guard, so no claim, renew
+    or commit can slip in between (never "stat, then unlink by name"). ``expect_token`` additionally
+    pins the exact claim a caller judged earlier. Returns None when nothing was broken.
+    """
+    with storage_errors("break the lock", store.layout.lock(task_id), task_id):
+        return _break_lock(store, task_id, allow=allow, force=force, expect_token=expect_token, reason=reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,11 +64,11 @@ def _errors(debug: bool) -> Iterator[None]:
         yield
     except FsQueueError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         raise CliError(str(exc), exc.exit_code) from exc
     except OSError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         where = f" {exc.filename}" if exc.filename else ""
         raise CliError(f"{exc.strerror or exc}{where}", 1) from exc
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from fsqueue import Config, ConfigError
-from fsqueue._config import config_from_mapping, parse_duration
+from fsqueue._config import config_from_mapping, parse_duration, yaml_error_where
 
 LogFormat = Literal["text", "json"]
 
@@ -99,5 +99,5 @@ def load_settings(path: str | None) -> tuple[Config, WatchdogSettings]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}", path=path) from None
+        raise ConfigError(f"config file {path} is not valid YAML{yaml_error_where(exc)}", path=path) from None
     return settings_from_mapping(data, path)
