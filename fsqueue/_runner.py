@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -35,15 +36,25 @@ class Outcome:
     message: str = ""
 
 
-def _die_with_parent() -> None:  # pragma: no cover  # runs in the forked child
-    # If `fsqueue run` is killed (-9), its claim is judged dead and the task runs again elsewhere; the
-    # orphaned command must not keep producing side effects, so the kernel kills it with its parent.
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, resolved in the parent: the forked child must not import or take locks."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+def _die_with_parent(parent: int, prctl: Any) -> None:  # pragma: no cover  # runs in the forked child
+    # If `fsqueue run` is killed (-9), its claim is judged dead and the task runs again elsewhere; the
+    # orphaned command must not keep producing side effects, so the kernel kills it with its parent.
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        # The parent died between fork and prctl: no death signal will ever come, so go now.
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Signals:
@@ -124,7 +135,7 @@ def run_one(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509  # it calls prctl only: no lock a thread could hold
+            preexec_fn=functools.partial(_die_with_parent, os.getpid(), _prctl()),  # noqa: PLW1509  # it calls prctl only: no lock a thread could hold
         )
     except OSError as exc:
         state = claim.fail(f"cannot start command {command[0]!r}: {exc.strerror}")

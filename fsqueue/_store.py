@@ -82,12 +82,27 @@ class Store:
             return "dead"
         return None
 
-    def quarantine(self, path: str, reason: str) -> str | None:
-        """Move a corrupt file (or planted symlink) aside into ``quarantine/`` with a note saying why."""
+    def quarantine(self, path: str, reason: str, *, copy: bool = False) -> str | None:
+        """Move a corrupt file (or planted symlink) aside into ``quarantine/`` with a note saying why.
+
+        ``copy`` hard-links it there instead and leaves ``path`` in place (the caller removes it later).
+        """
         name = f"{self.clock.now():.6f}-{os.path.basename(path)}"
+        if copy:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            # Named by inode and mtime so a retried break after a crash finds its earlier copy.
+            name = f"{st.st_ino}-{st.st_mtime_ns}-{os.path.basename(path)}"
         dest = os.path.join(self.layout.quarantine, name)
         try:
-            os.rename(path, dest)  # renames the entry itself: a symlink is moved, never followed
+            if copy:
+                os.link(path, dest, follow_symlinks=False)
+            else:
+                os.rename(path, dest)  # renames the entry itself: a symlink is moved, never followed
+        except FileExistsError:
+            return dest
         except FileNotFoundError:
             return None
         note = json.dumps({"format": "fsqueue/1", "kind": "quarantine", "from": path, "reason": reason})

@@ -334,7 +334,10 @@ def _break_lock(
             verdict = judge(lock, st.st_mtime, store.clock.now())
         if verdict not in allow and not force:
             return None
-        return _apply_break(store, task_id, verdict, lock, st, reason), verdict, lock
+        try:
+            return _apply_break(store, task_id, verdict, lock, st, reason), verdict, lock
+        except ForeignFormat:
+            return None
 
 
 def _apply_break(
@@ -348,18 +351,26 @@ def _apply_break(
     why = reason or f"lease broken: owner {verdict}"
     try:
         task = store.read_task(task_id)
+    except ForeignFormat:
+        raise  # a newer fsqueue's task: not ours to judge (the caller breaks nothing)
     except CorruptRecord as exc:
         store.quarantine(layout.record(task_id), str(exc))
         task = None
     if lock is None:
-        store.quarantine(layout.lock(task_id), f"{verdict} lock record")
         if task is None:
+            store.quarantine(layout.lock(task_id), f"{verdict} lock record")
             return "quarantined"
+        # Copy the corrupt lock aside but keep it in place until the task is settled: removing it
+        # first would strand a record with neither lock nor marker if we crash in between. The
+        # stand-in token names this very lock file, so a re-break after a crash recognises its own
+        # settlement while a later, different corrupt lock is counted again.
+        st = os.lstat(layout.lock(task_id))
+        store.quarantine(layout.lock(task_id), f"{verdict} lock record", copy=True)
         # The claim's attempt is unknown: count one conservatively.
         lock = LockRecord(
             task_id,
             "",
-            "corrupt-lock",
+            f"corrupt-{st.st_ino}-{st.st_mtime_ns}",
             task.attempts + 1,
             task.fence + 1,
             0.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class SweepReport:
     duration: float = 0.0
     locks: int = 0
     locks_by_owner: Counter[str] = field(default_factory=Counter)
+    locks_expired: int = 0
     breaks: Counter[str] = field(default_factory=Counter)
     repairs: Counter[str] = field(default_factory=Counter)
     oldest_pending_age: float | None = None
@@ -41,6 +43,9 @@ class SweepReport:
     def status_line(self) -> str:
         broke = sum(self.breaks.values())
         return f"last sweep: {self.locks} locks, {broke} broken, {sum(self.repairs.values())} repaired"
+
+
+_EXPIRED: frozenset[Verdict] = frozenset({"expired", "dead", "corrupt"})
 
 
 class Sweeper:
@@ -70,8 +75,8 @@ class Sweeper:
         started = time.monotonic()
         now = self.queue.clock.now() if now is None else now
         report = SweepReport(at=now)
-        owner_of_task = self._owners_pass(report)
-        self._locks_pass(report, owner_of_task, now)
+        self._owners_pass(report)
+        self._locks_pass(report, now)
         self.repairer.run(report, now, force=self._first)
         self._first = False
         if self.persist:
@@ -87,23 +92,25 @@ class Sweeper:
 
     # -- owners: judge each process once, break the locks of the dead ones ----------------------------
 
-    def _owners_pass(self, report: SweepReport) -> dict[str, OwnerState]:
-        owners_dir = self.queue.layout.owners
-        states: dict[str, OwnerState] = {}
-        for entry in _scandir(owners_dir):
+    def _owners_pass(self, report: SweepReport) -> None:
+        """Judge each owner once; break its locks if it is dead; count the others' locks by state."""
+        for entry in _iter_dir(self.queue.layout.owners):
             if not entry.is_dir(follow_symlinks=False):
                 continue
             owner = self._owner(entry.name, entry.path)
-            links = [n for n in _listdir(entry.path) if n.endswith(".lock")]
             state: OwnerState = "foreign" if owner is None else owner_state(owner)
-            for name in links:
-                task_id = name[: -len(".lock")]
-                states[task_id] = state
+            links = 0
+            for link in _iter_dir(entry.path):
+                if not link.name.endswith(".lock"):
+                    continue
+                links += 1
                 if state == "dead":
-                    self._break_dead(task_id, os.path.join(entry.path, name), report)
-            if state == "dead" and not links:
-                self._forget_owner(entry.name, entry.path)
-        return states
+                    self._break_dead(link.name[: -len(".lock")], link.path, report)
+            if state == "dead":
+                if not links:
+                    self._forget_owner(entry.name, entry.path)
+            elif links:
+                report.locks_by_owner[state] += links
 
     def _owner(self, key: str, path: str) -> Owner | None:
         if key not in self._owners:
@@ -136,9 +143,10 @@ class Sweeper:
 
     # -- locks: stat each, break leases seen expired on two consecutive sweeps -------------------------
 
-    def _locks_pass(self, report: SweepReport, owner_of_task: dict[str, OwnerState], now: float) -> None:
+    def _locks_pass(self, report: SweepReport, now: float) -> None:
+        """One stat per lock: break leases seen expired twice, and corrupt entries; count the rest."""
         seen: dict[str, tuple[int, int]] = {}
-        for entry in _scandir(self.queue.layout.tasks):
+        for entry in _iter_dir(self.queue.layout.tasks):
             if not entry.name.endswith(".lock"):
                 continue
             task_id = entry.name[: -len(".lock")]
@@ -152,38 +160,28 @@ class Sweeper:
                 report.locks_by_owner["corrupt"] += 1
                 self._break(task_id, frozenset({"corrupt"}), report, reason="lock is not a regular file")
                 continue
-            expired = st.st_mtime + self.settings.grace <= now
-            owner = owner_of_task.get(task_id)
-            if expired:
-                report.locks_by_owner["expired"] += 1
+            # One link: not in the owner index -- a lease-only claim, or an owner link lost in a crash.
+            unindexed = st.st_nlink < 2
+            if unindexed:
+                report.locks_by_owner["lease"] += 1
+            if st.st_mtime + self.settings.grace <= now:
+                report.locks_expired += 1
                 key = (st.st_ino, st.st_mtime_ns)
                 if self._expired_seen.get(task_id) == key:
-                    self._break(
-                        task_id,
-                        frozenset({"expired", "dead", "corrupt"}),
-                        report,
-                        reason="lease expired on two consecutive sweeps",
-                    )
+                    self._break(task_id, _EXPIRED, report, reason="lease expired on two consecutive sweeps")
                 else:
                     seen[task_id] = key
-            elif owner is not None:
-                report.locks_by_owner[owner] += 1
-            elif self._first:
-                # Not in the owner index: lease-only, another host's, or (after a power loss) an owner
-                # link that never reached the disk. Judge these by their record once, at start-up.
-                report.locks_by_owner[self._judge_unindexed(task_id, report)] += 1
-            else:
-                report.locks_by_owner["lease"] += 1
+            elif unindexed and self._first:
+                # After a power loss an owner link may not have reached the disk; the first sweep of a
+                # boot therefore reads the unindexed locks once and breaks those whose owner is dead.
+                self._judge_unindexed(task_id, report)
         self._expired_seen = seen
 
-    def _judge_unindexed(self, task_id: str, report: SweepReport) -> str:
+    def _judge_unindexed(self, task_id: str, report: SweepReport) -> None:
         info = self.queue.lock_info(task_id)
-        if info is None:
-            return "gone"
-        if info.verdict in ("dead", "corrupt"):
+        if info is not None and info.verdict in ("dead", "corrupt"):
             reason = "owner process is gone" if info.verdict == "dead" else "lock record is corrupt"
             self._break(task_id, frozenset({"dead", "corrupt"}), report, reason=reason)
-        return info.verdict
 
     def _break(self, task_id: str, allow: frozenset[Verdict], report: SweepReport, *, reason: str) -> None:
         """Re-read the lock, then break it under the task's guard only if it is still the one judged."""
@@ -255,16 +253,10 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
 
-def _scandir(path: str) -> list[os.DirEntry[str]]:
+def _iter_dir(path: str) -> Iterator[os.DirEntry[str]]:
+    """Entries of a directory, lazily (a list of 100,000 DirEntry objects would cost ~20 MB)."""
     try:
         with os.scandir(path) as entries:
-            return list(entries)
+            yield from entries
     except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
