@@ -61,6 +61,33 @@ def timed_sweep(sweeper: Sweeper) -> float:
     return report.duration
 
 
+def daemon_rss_kib(root: Path, sweeps: int = 4) -> int:
+    """VmRSS of a running daemon after a few steady-state sweeps (the first one includes repairs)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsqueue_watchdog", "--root", str(root), "--interval", "0.5"],
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, NOTIFY_SOCKET=""),
+    )
+    try:
+        status = Path(f"/proc/{proc.pid}/status")
+        # Each sweep rewrites watchdog.state.json; wait for `sweeps` rewrites by watching its mtime.
+        state = root / "watchdog.state.json"
+        seen, last = 0, None
+        while seen < sweeps:
+            try:
+                mtime = state.stat().st_mtime_ns
+            except FileNotFoundError:
+                mtime = None
+            if mtime is not None and mtime != last:
+                seen, last = seen + 1, mtime
+            time.sleep(0.05)
+        rss = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+        return int(rss.split()[1])
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def peak_rss_kib(root: Path) -> int:
     code = (
         "import resource, sys; from fsqueue_watchdog.cli import main; sys.argv=['w','--root',sys.argv[1],'--once'];\n"
@@ -80,7 +107,7 @@ def main() -> None:
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench-sweep-", dir="."))
     print(
         f"{'locks':>7}  {'stat pass':>9}  {'sweep warm':>10}  {'ratio':>5}  {'stat cold':>9}  {'sweep cold':>10}  "
-        f"{'peak RSS':>8}"
+        f"{'one-shot peak RSS':>17}  {'daemon RSS':>10}"
     )
     try:
         for n in (int(x) for x in args.locks.split(",")):
@@ -94,10 +121,11 @@ def main() -> None:
                 cold_stat = stat_pass(queue.layout.tasks)
                 drop_caches()
                 cold = timed_sweep(sweeper)
-            rss = peak_rss_kib(queue.layout.root and Path(queue.root))
+            rss = peak_rss_kib(Path(queue.root))
+            steady = daemon_rss_kib(Path(queue.root))
             print(
                 f"{n:>7}  {floor:>8.3f}s  {warm:>9.3f}s  {warm / floor:>5.2f}  {cold_stat:>8.3f}s  {cold:>9.3f}s  "
-                f"{rss / 1024:>6.1f}MB"
+                f"{rss / 1024:>15.1f}MB  {steady / 1024:>8.1f}MB"
             )
             shutil.rmtree(base / f"q{n}")
     finally:

@@ -8,6 +8,7 @@ killed in the middle of one simply does it again next time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from fsqueue import CorruptRecord, Queue
@@ -71,8 +72,8 @@ class Repairer:
     def repair_records(self, report: SweepReport, now: float) -> None:
         """Records whose task is done/dead are removed; records with neither lock nor marker re-indexed.
 
-        Decided from four directory listings (no record is read unless it looks orphaned), so the
-        pass costs one name per task, not one file read per task.
+        Decided from directory listings and ``lstat`` -- no record is read unless it looks orphaned --
+        so the pass costs one name per task, not one file read per task.
         """
         layout = self.queue.layout
         pending = delayed = 0
@@ -83,19 +84,20 @@ class Repairer:
                 delayed += 1
             else:
                 pending += 1
-        locked = _ids(layout.tasks, ".lock")
-        finished = _ids(layout.sub("done"), ".json") | _ids(layout.sub("dead"), ".json")
-        suspects = [t for t in _ids(layout.records, ".json") if t in finished or (t not in indexed and t not in locked)]
-        for task_id in suspects:
-            with guarded(layout.guard(task_id)):
-                self._repair_one(task_id, report)
-        self.census = {
-            "pending": pending,
-            "delayed": delayed,
-            "running": len(locked),
-            "done": len(_ids(layout.sub("done"), ".json")),
-            "dead": len(_ids(layout.sub("dead"), ".json")),
-        }
+        for task_id in _iter_ids(layout.records, ".json"):
+            if task_id not in indexed and not exists_nofollow(layout.lock(task_id)):
+                with guarded(layout.guard(task_id)):
+                    self._repair_one(task_id, report)
+        del indexed
+        finished = {"done": 0, "dead": 0}
+        for state in finished:
+            for task_id in _iter_ids(layout.sub(state), ".json"):
+                finished[state] += 1
+                if exists_nofollow(layout.record(task_id)):  # committed, but the record survived a crash
+                    with guarded(layout.guard(task_id)):
+                        self._repair_one(task_id, report)
+        running = sum(1 for _ in _iter_ids(layout.tasks, ".lock"))
+        self.census = {"pending": pending, "delayed": delayed, "running": running, **finished}
 
     def _repair_one(self, task_id: str, report: SweepReport) -> None:
         layout = self.queue.layout
@@ -153,10 +155,15 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
         return []
 
 
-def _ids(directory: str, suffix: str) -> set[str]:
-    """Valid task ids of the ``<id><suffix>`` entries in ``directory``."""
-    names = {e.name[: -len(suffix)] for e in _scandir(directory) if e.name.endswith(suffix)}
-    return {n for n in names if _valid(n)}
+def _iter_ids(directory: str, suffix: str) -> Iterator[str]:
+    """Valid task ids of the ``<id><suffix>`` entries in ``directory``, lazily."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(suffix) and _valid(task_id := entry.name[: -len(suffix)]):
+                    yield task_id
+    except (FileNotFoundError, NotADirectoryError):
+        return
 
 
 def _valid(task_id: str) -> bool:
