@@ -12,7 +12,6 @@ by its lease alone.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -77,8 +76,9 @@ def start_ticks(pid: int) -> int | None:
 
 @cache
 def _this_host() -> str:
-    # gethostname, never getfqdn: a DNS lookup at every cron start is the slow start-up of pitfall 12.
-    return socket.gethostname()
+    # The kernel's node name (= socket.gethostname(), without importing socket), never getfqdn:
+    # a DNS lookup at every cron start is the slow start-up of pitfall 12.
+    return os.uname().nodename
 
 
 def owner_of(pid: int) -> Owner | None:

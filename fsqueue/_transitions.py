@@ -15,7 +15,6 @@ of its lock) completes idempotently: nothing is lost and nothing is counted twic
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import replace
 from typing import Literal
 
@@ -107,7 +106,7 @@ def try_claim(
         lock = LockRecord(
             task=task_id,
             agent=agent,
-            token=secrets.token_hex(16),
+            token=os.urandom(16).hex(),  # 128 random bits (secrets costs 5 ms of import per cron start)
             attempt=task.attempts + 1,
             fence=task.fence + 1,
             claimed_at=now,
