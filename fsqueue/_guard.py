@@ -10,6 +10,7 @@ per-task lock files; two tasks sharing a shard merely take turns for a few micro
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -18,11 +19,31 @@ from contextlib import contextmanager
 from ._fsio import storage_error
 
 
+def _open_guard(path: str) -> int:
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o640)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    # A symlink planted at a guard: never follow it (flock on its target would guard nothing we
+    # own). Guards are empty files, so move the link aside and create the real one.
+    quarantine = os.path.join(os.path.dirname(os.path.dirname(path)), "quarantine")
+    try:
+        os.rename(path, os.path.join(quarantine, f"{os.getpid()}-{os.urandom(4).hex()}-guard-{os.path.basename(path)}"))
+    except FileNotFoundError:
+        pass
+    try:
+        return os.open(path, flags | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return os.open(path, flags, 0o640)  # another process recreated it first: same empty guard
+
+
 @contextmanager
 def guarded(path: str, *, blocking: bool = True) -> Iterator[bool]:
     """Hold the guard at ``path``; yields False (holding nothing) when non-blocking and it is busy."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        fd = _open_guard(path)
     except OSError as exc:
         raise storage_error(exc, "open guard", path) from exc
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from typing import Final
 
@@ -71,8 +72,21 @@ def _make_dirs(ready_dir: str, rel_dir: str) -> list[str]:
             os.mkdir(current, 0o750)
             created.append(current)
         except FileExistsError:
-            pass
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                # A symlink (or file) planted where a bucket belongs: never follow it. Move it aside
+                # and make the real directory; the caller's retry loop takes it from there.
+                _move_aside(ready_dir, current)
+                raise FileNotFoundError(errno.ENOENT, "bucket was not a directory", current) from None
     return created
+
+
+def _move_aside(ready_dir: str, path: str) -> None:
+    quarantine = os.path.join(os.path.dirname(ready_dir), "quarantine")
+    dest = os.path.join(quarantine, f"{os.getpid()}-{os.urandom(4).hex()}-ready-{os.path.basename(path)}")
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        pass
 
 
 def remove_entry(ready_dir: str, rel: str) -> bool:

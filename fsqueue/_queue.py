@@ -10,7 +10,7 @@ from typing import Any, Final, Literal
 
 from . import _transitions as transitions
 from ._claim import Claim
-from ._errors import InvalidPayload, InvalidTaskId, TaskExists
+from ._errors import InvalidPayload, InvalidTaskId, StorageError, TaskExists
 from ._fsio import exists_nofollow, publish_new, storage_error
 from ._guard import guarded
 from ._identity import Owner, current_owner, lease_only_owner, owner_of
@@ -107,7 +107,10 @@ class Queue(Inspection):
                 add_entry(layout.ready, rel, durable=self.durable)
                 publish_new(layout.staging, encode_task(task), layout.record(task_id), durable=self.durable)
             except OSError as exc:
-                remove_entry(layout.ready, rel)
+                try:
+                    remove_entry(layout.ready, rel)
+                except OSError:
+                    pass  # e.g. a read-only filesystem: a marker without a record is a harmless leftover
                 raise storage_error(exc, "enqueue task into", layout.record(task_id), task_id) from exc
         return task_id
 
@@ -153,6 +156,8 @@ class Queue(Inspection):
                         got = transitions.try_claim(
                             self, rel, task_id, agent, ttl=ttl, mode=mode, owner=owner, blocking=blocking
                         )
+                    except StorageError:
+                        raise
                     except OSError as exc:
                         raise storage_error(exc, "claim task", self.layout.lock(task_id), task_id) from exc
                     if got == "busy":

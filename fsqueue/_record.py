@@ -7,6 +7,7 @@ A record that fails to parse is :class:`CorruptRecord`; a record with another ``
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -164,9 +165,13 @@ def _load(data: bytes, path: str, kind: Kind) -> dict[str, Any]:
     if not data:
         raise CorruptRecord(f"{path} is empty (expected a {FORMAT} {kind} record)", path=path)
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecord(f"{path} is not valid JSON ({exc}); it is truncated or garbage", path=path) from exc
+        obj = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptRecord(
+            f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:120]}); it is truncated or garbage. "
+            "Move it aside (fsqueue clear ID for a lock; the watchdog quarantines records)",
+            path=path,
+        ) from exc
     if not isinstance(obj, dict):
         raise CorruptRecord(f"{path} holds JSON that is not an object", path=path)
     fmt = obj.get("format")
@@ -177,11 +182,27 @@ def _load(data: bytes, path: str, kind: Kind) -> dict[str, Any]:
     return obj
 
 
+def _positive(value: float, key: str, path: str) -> float:
+    if value <= 0:
+        raise CorruptRecord(f"{path}: field {key!r} must be positive ({value!r})", path=path)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a record")
+
+
 def _get(obj: dict[str, Any], key: str, types: type | tuple[type, ...], path: str) -> Any:
     value = obj.get(key)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
+    if ok and isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            ok = math.isfinite(float(value)) and abs(value) < 1e18  # times, counts, ids: all far below
+        except OverflowError:
+            ok = False
     if not ok:
-        raise CorruptRecord(f"{path}: field {key!r} is missing or has the wrong type ({value!r})", path=path)
+        shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+        raise CorruptRecord(f"{path}: field {key!r} is missing or has the wrong type or range ({shown})", path=path)
     return value
 
 
@@ -211,8 +232,8 @@ def _parse_task_dict(obj: dict[str, Any], path: str) -> TaskRecord:
     if "payload" not in obj:
         raise CorruptRecord(f"{path}: field 'payload' is missing", path=path)
     ttl = obj.get("ttl")
-    if ttl is not None and (not isinstance(ttl, _NUM) or isinstance(ttl, bool)):
-        raise CorruptRecord(f"{path}: field 'ttl' has the wrong type ({ttl!r})", path=path)
+    if ttl is not None and (float(_get(obj, "ttl", _NUM, path)) <= 0):
+        raise CorruptRecord(f"{path}: field 'ttl' must be positive ({ttl!r})", path=path)
     settled = obj.get("settled")
     if settled is not None and not isinstance(settled, str):
         raise CorruptRecord(f"{path}: field 'settled' has the wrong type ({settled!r})", path=path)
@@ -252,7 +273,7 @@ def parse_lock(data: bytes, path: str) -> LockRecord:
         attempt=_get(obj, "attempt", int, path),
         fence=_get(obj, "fence", int, path),
         claimed_at=float(_get(obj, "claimed_at", _NUM, path)),
-        ttl=float(_get(obj, "ttl", _NUM, path)),
+        ttl=_positive(float(_get(obj, "ttl", _NUM, path)), "ttl", path),
         mode=mode,
         owner=Owner(
             host=_get(owner, "host", str, path),

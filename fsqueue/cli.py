@@ -109,7 +109,7 @@ def _read_json_arg(value: str | None, what: str) -> Any:
 @click.option(
     "--root",
     envvar="FSQUEUE_ROOT",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     default=None,
     help=f"Queue directory [env FSQUEUE_ROOT; default {default_root()}].",
 )

@@ -13,7 +13,7 @@ from fsqueue import FsQueueError, default_root
 @click.option(
     "--root",
     envvar="FSQUEUE_ROOT",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     default=None,
     help=f"Queue directory [env FSQUEUE_ROOT; default {default_root()}].",
 )
