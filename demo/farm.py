@@ -2,8 +2,9 @@
 
 It builds a fresh farm in ``./demo-farm`` (or ``$FSQUEUE_DEMO_DIR``), enqueues a few hundred tasks, starts
 several ``fsqueue run`` agents in parallel, ``kill -9``s one of them while it is provably mid-task, shows
-the dead owner in ``fsqueue locks``, recovers the task with ``fsqueue clear --dead``, lets the agents
-drain the queue the way cron would relaunch them, and ends with ``fsqueue status``.
+the dead owner in ``fsqueue locks``, recovers the task with ``fsqueue clear --dead``, kills a second agent
+and lets one watchdog sweep (``fsqueue watchdog --once``) recover its task, lets the agents drain the
+queue the way cron would relaunch them, and ends with ``fsqueue status``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ROOT = FARM / "queue"
 FSQ = [sys.executable, "-m", "fsqueue"]
 STARTED: list[subprocess.Popen[bytes]] = []  # every agent, so none outlives a demo that stops early
 
-BULK_TASKS = 291
+BULK_TASKS = 290
 FLAKY_TASKS = 3
 DELAYED_TASKS = 5
 AGENTS = 4
@@ -53,7 +54,7 @@ here=$(dirname "$0")
 case "$payload" in
 *'"kind": "slow"'*)
     if [ "$FSQUEUE_ATTEMPT" = 1 ]; then
-        echo "$FSQUEUE_AGENT" > "$here/slow-started.fifo"  # tell the demo we are mid-task, and who runs us
+        echo "$FSQUEUE_TASK_ID $FSQUEUE_AGENT" > "$here/slow-started.fifo"  # tell the demo we are mid-task
         read -r _ < "$here/slow-release.fifo"              # then wait for a release that never comes
     fi ;;
 *'"kind": "flaky"'*)
@@ -106,6 +107,7 @@ def fresh_farm() -> None:
 def enqueue_tasks() -> int:
     """The special tasks through the CLI; the bulk through the Python API (one process, not 291 start-ups)."""
     fsq("enqueue", "--id", "slow-report", "--priority", "10", "--agent", "planner", '{"kind": "slow", "n": 0}')
+    fsq("enqueue", "--id", "slow-digest", "--priority", "10", "--agent", "planner", '{"kind": "slow", "n": 1}')
     for i in range(FLAKY_TASKS):
         fsq(
             "enqueue",
@@ -131,7 +133,7 @@ def enqueue_tasks() -> int:
     queue = Queue(ROOT)
     for n in range(BULK_TASKS):
         queue.enqueue({"n": n}, priority=n % 3, agent="producer")
-    return 1 + FLAKY_TASKS + DELAYED_TASKS + BULK_TASKS
+    return 2 + FLAKY_TASKS + DELAYED_TASKS + BULK_TASKS
 
 
 def start_agents(tick: int) -> dict[str, subprocess.Popen[bytes]]:
@@ -152,13 +154,16 @@ def start_agents(tick: int) -> dict[str, subprocess.Popen[bytes]]:
     return agents
 
 
-def wait_for_slow_task(fd: int, deadline: float) -> str:
-    """Block until the slow task's command says it started; return the agent running it."""
-    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-    data = os.read(fd, 256) if ready else b""
-    if not data:
-        sys.exit("demo: the slow task never started")
-    return data.decode().strip()
+def wait_for_slow_tasks(fd: int, deadline: float) -> dict[str, str]:
+    """Block until both slow tasks' commands say they started; return task id -> agent running it."""
+    text = ""
+    while text.count("\n") < 2:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        data = os.read(fd, 256) if ready else b""
+        if not data and not ready:
+            sys.exit("demo: the slow tasks never started")
+        text += data.decode()
+    return dict(line.split() for line in text.splitlines())
 
 
 def status() -> dict[str, Any]:
@@ -207,6 +212,31 @@ def main() -> None:
         stop_leftovers()
 
 
+def recover_by_hand(agents: dict[str, subprocess.Popen[bytes]], victim: str) -> None:
+    """Kill the agent running slow-report, show its dead lock, and clear it with ``fsqueue clear --dead``."""
+    proc = agents[victim]
+    say(f"{victim} is mid-task on slow-report (its command said so); kill -9 {victim} (pid {proc.pid})")
+    proc.kill()
+    proc.wait()
+    say("fsqueue locks: the dead owner is spotted at once, not after the 30-minute lease")
+    show(fsq("locks"))
+    say("recover it by hand: fsqueue clear --dead")
+    show(fsq("clear", "--dead") or "(nothing to clear)")
+
+
+def recover_by_watchdog(agents: dict[str, subprocess.Popen[bytes]], victim: str) -> None:
+    """Kill the agent running slow-digest and let one watchdog sweep recover its task."""
+    proc = agents[victim]
+    say(f"{victim} is mid-task on slow-digest; kill -9 {victim} (pid {proc.pid}), and this time let the watchdog")
+    proc.kill()
+    proc.wait()
+    say("fsqueue watchdog --once: one sweep, as the cron line or the systemd timer would run it")
+    sweep = subprocess.run([*FSQ, "watchdog", "--once"], env=env(), capture_output=True, text=True, check=False)
+    if sweep.returncode != 0:
+        sys.exit(f"demo: the watchdog sweep failed: {sweep.stderr.strip()}")
+    show(sweep.stderr.strip() or "(the watchdog logged nothing)")
+
+
 def farm() -> None:
     start = time.monotonic()
     say(f"fresh farm in {FARM}")
@@ -215,24 +245,21 @@ def farm() -> None:
     fsq("init")
     total = enqueue_tasks()
     say(
-        f"enqueued {total} tasks: 1 slow (priority 10), {FLAKY_TASKS} flaky (fail once), "
+        f"enqueued {total} tasks: 2 slow (priority 10), {FLAKY_TASKS} flaky (fail once), "
         f"{DELAYED_TASKS} delayed by 1-2 s, {BULK_TASKS} quick ones at priorities 0-2"
     )
     show(fsq("status"))
 
     started = os.open(FARM / "slow-started.fifo", os.O_RDONLY | os.O_NONBLOCK)
+    keep_open = os.open(FARM / "slow-started.fifo", os.O_WRONLY)  # so a reader never sees EOF early
     say(f"start {AGENTS} agents: fsqueue run --agent agent-N --max-tasks {MAX_TASKS} -- ./task.sh")
     agents = start_agents(1)
-    victim = wait_for_slow_task(started, start + DEADLINE)
+    running = wait_for_slow_tasks(started, start + DEADLINE)
+    os.close(keep_open)
     os.close(started)
-    proc = agents[victim]
-    say(f"{victim} is mid-task on slow-report (its command said so); kill -9 {victim} (pid {proc.pid})")
-    proc.kill()
-    proc.wait()
-    say("fsqueue locks: the dead owner is spotted at once, not after the 30-minute lease")
-    show(fsq("locks"))
-    say("fsqueue clear --dead")
-    show(fsq("clear", "--dead") or "(nothing to clear)")
+
+    recover_by_hand(agents, running["slow-report"])
+    recover_by_watchdog(agents, running["slow-digest"])
 
     say("the other agents drain the queue")
     drain(start, agents)
@@ -247,6 +274,8 @@ def farm() -> None:
     show("\n".join(said) or "(nothing)")
     say("fsqueue show slow-report")
     show(fsq("show", "slow-report"))
+    say("fsqueue show slow-digest")
+    show(fsq("show", "slow-digest"))
     say("fsqueue status")
     show(fsq("status"))
     final = status()

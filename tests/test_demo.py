@@ -23,7 +23,7 @@ def run_demo(farm: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_drains_the_farm_after_a_kill_9(tmp_path: Path) -> None:
-    """The demo exits 0 with all tasks done, none dead, no lock left, and the killed agent recovered."""
+    """The demo exits 0 with all tasks done, none dead, no lock left, and both killed agents' tasks recovered."""
     farm = tmp_path / "farm"
     proc = run_demo(farm)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -40,10 +40,12 @@ def test_demo_drains_the_farm_after_a_kill_9(tmp_path: Path) -> None:
     out = proc.stdout
     assert all(line.startswith(("==> ", "    ")) for line in out.splitlines()), out
     assert "cleared slow-report: owner dead, task requeued" in out
+    assert "fsqueue-watchdog break task=slow-digest" in out and "outcome=requeued" in out
     assert any(line.split()[-1:] == ["dead"] and "slow-report" in line for line in out.splitlines())
     assert out.splitlines()[-1].startswith("==> 300/300 tasks done, 0 dead")
-    slow = queue.task("slow-report")
-    assert [e["event"] for e in slow.history] == ["enqueued", "broken", "completed"]
+    for task_id in ("slow-report", "slow-digest"):
+        slow = queue.task(task_id)
+        assert [e["event"] for e in slow.history] == ["enqueued", "broken", "completed"]
 
 
 def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path: Path) -> None:
