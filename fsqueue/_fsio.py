@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -43,6 +44,21 @@ def storage_errors(action: str, path: str, task_id: str | None = None) -> Iterat
         raise
     except OSError as exc:
         raise storage_error(exc, action, exc.filename or path, task_id) from exc
+
+
+def make_dir(path: str) -> None:
+    """``mkdir`` that keeps a shared root shared (git's core.sharedRepository).
+
+    When the parent directory is group-writable (a root made ``2770`` for agents in one group), the
+    new directory gets ``2770`` too, whatever the creator's umask: a bucket or owner directory made
+    by one agent must stay usable by the others and by the watchdog. Raises FileExistsError as mkdir.
+    """
+    os.mkdir(path, 0o750)
+    try:
+        if os.stat(os.path.dirname(path)).st_mode & stat.S_IWGRP:
+            os.chmod(path, 0o2770)  # noqa: S103  # group-shared on purpose; "other" still gets nothing
+    except OSError:
+        pass  # the directory exists and is ours; a failed chmod leaves it private, not broken
 
 
 def fsync_dir(path: str) -> None:
@@ -121,8 +137,6 @@ def read_nofollow(path: str) -> tuple[bytes, os.stat_result]:
 
 
 def _is_regular(mode: int) -> bool:
-    import stat
-
     return stat.S_ISREG(mode)
 
 

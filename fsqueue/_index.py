@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterator
 from typing import Final
 
-from ._fsio import fsync_dir
+from ._fsio import fsync_dir, make_dir
 
 MIN_PRIORITY: Final = -1_000_000
 MAX_PRIORITY: Final = 1_000_000
@@ -69,7 +69,7 @@ def _make_dirs(ready_dir: str, rel_dir: str) -> list[str]:
     for part in rel_dir.split("/"):
         current = os.path.join(current, part)
         try:
-            os.mkdir(current, 0o750)
+            make_dir(current)
             created.append(current)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(current).st_mode):

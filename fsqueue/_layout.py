@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._errors import QueueRootError
-from ._fsio import fsync_dir, storage_error
+from ._fsio import fsync_dir, make_dir, storage_error
 
 ROOT_MARKER: Final = "fsqueue.json"
 SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "owners", "status")
@@ -133,7 +133,7 @@ def _check_subdir(path: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         try:
-            os.mkdir(path, 0o750)
+            make_dir(path)
         except FileExistsError:
             pass
         except OSError as exc:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 
-from ._fsio import publish_new, unlink_quietly
+from ._fsio import make_dir, publish_new, unlink_quietly
 from ._identity import Owner
 
 
@@ -47,7 +47,7 @@ def ensure_owner_dir(owners_dir: str, staging_dir: str, owner: Owner) -> str:
     """Create ``owners/<key>/`` with its ``owner.json`` if missing; return the directory."""
     path = os.path.join(owners_dir, owner_key(owner))
     try:
-        os.mkdir(path, 0o750)
+        make_dir(path)
     except FileExistsError:
         if os.path.lexists(os.path.join(path, "owner.json")):
             return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import replace
 from typing import IO, Any
 
@@ -107,6 +108,7 @@ class Daemon:
     def run(self, *, once: bool = False) -> int:
         """Sweep every interval until SIGTERM/SIGINT (or once); returns the exit status."""
         sd_notify("READY=1", "STATUS=started")
+        ping = watchdog_ping_interval()
         try:
             while True:
                 if self.reload_requested:
@@ -115,13 +117,35 @@ class Daemon:
                 self.sweep_once()
                 if once or self.stop_requested:
                     break
-                self._wake.wait(self.settings.interval)
-                self._wake.clear()
+                self._idle(ping)
                 if self.stop_requested:
                     break
         finally:
             sd_notify("STOPPING=1")
         return 0
+
+    def _idle(self, ping: float | None) -> None:
+        """Wait one interval (or until a signal), pinging systemd's watchdog often enough meanwhile."""
+        deadline = time.monotonic() + self.settings.interval
+        while (left := deadline - time.monotonic()) > 0:
+            woken = self._wake.wait(left if ping is None else min(left, ping))
+            self._wake.clear()
+            if woken:
+                return  # a signal: stop, or reload and sweep now
+            if ping is not None and deadline - time.monotonic() > 0:
+                sd_notify("WATCHDOG=1")  # an interval longer than WatchdogSec= must not look like a hang
+
+
+def watchdog_ping_interval() -> float | None:
+    """Half of systemd's ``WatchdogSec=`` (``$WATCHDOG_USEC``) when it applies to this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.01, int(usec) / 2e6)
+    except ValueError:
+        return None
 
 
 def hold_singleton(root: str, *, wait: bool) -> Any:

@@ -16,7 +16,8 @@ def sd_notify(*lines: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall("\n".join(lines).encode())
+            # Never block the daemon on a full notification queue: a dropped ping is better.
+            sock.send("\n".join(lines).encode(), socket.MSG_DONTWAIT)
     except OSError:
         return False  # the manager went away: the daemon's work matters more than the notification
     return True
