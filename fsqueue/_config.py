@@ -96,20 +96,24 @@ def config_from_mapping(data: object, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str) -> Config:
-    """Read and validate a YAML config file (``yaml.safe_load``)."""
+def read_yaml(path: str) -> object:
+    """Parse a YAML file with ``yaml.safe_load``; every failure is a one-line ConfigError naming the file."""
     import yaml  # imported here: a cron agent without --config never pays for it
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", path=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML{yaml_error_where(exc)}", path=path) from None
-    return config_from_mapping(data, path)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML config file."""
+    return config_from_mapping(read_yaml(path), path)
 
 
 def yaml_error_where(exc: Exception) -> str:

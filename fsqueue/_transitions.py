@@ -14,9 +14,11 @@ of its lock) completes idempotently: nothing is lost and nothing is counted twic
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 
 from ._errors import CorruptRecord, LeaseLost
 from ._fsio import (
@@ -31,6 +33,7 @@ from ._fsio import (
 from ._guard import guarded
 from ._identity import Owner, owner_state
 from ._index import add_entry, entry_for, remove_entry
+from ._layout import Layout
 from ._owners import ensure_owner_dir, owner_link, unlink_owner_link
 from ._record import (
     Event,
@@ -45,7 +48,26 @@ from ._record import (
 )
 from ._store import Store
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 Verdict = Literal["alive", "lease", "foreign", "expired", "dead", "corrupt", "unknown-format"]
+
+
+def _storage_errors(
+    action: str, where: Callable[[Layout, str], str]
+) -> Callable[[Callable[Concatenate[Store, str, P], R]], Callable[Concatenate[Store, str, P], R]]:
+    """Run a transition with bare OSErrors turned into StorageError naming ``action`` and the path."""
+
+    def decorate(fn: Callable[Concatenate[Store, str, P], R]) -> Callable[Concatenate[Store, str, P], R]:
+        @functools.wraps(fn)
+        def run(store: Store, task_id: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            with storage_errors(action, where(store.layout, task_id), task_id):
+                return fn(store, task_id, *args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 def judge(lock: LockRecord, expires_at: float, now: float) -> Verdict:
@@ -172,7 +194,8 @@ def checked_lock(store: Store, task_id: str, token: str) -> tuple[LockRecord, os
     return found
 
 
-def _renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
+@_storage_errors("renew the lease in", Layout.lock)
+def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
     """Extend this claim's lease to now + ttl; LeaseLost when the lock is no longer this claim's."""
     with guarded(store.layout.guard(task_id)):
         lock, _ = checked_lock(store, task_id, token)
@@ -182,7 +205,8 @@ def _renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
         return expires
 
 
-def _complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
+@_storage_errors("complete task into", Layout.done)
+def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
     """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
     layout = store.layout
     with guarded(layout.guard(task_id)):
@@ -219,7 +243,8 @@ def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: L
         unlink_owner_link(store.layout.owners, lock.owner, task_id)
 
 
-def _fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
+@_storage_errors("record the failure in", Layout.record)
+def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
     """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
     with guarded(store.layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
@@ -297,7 +322,8 @@ def _bury(store: Store, task: TaskRecord, reason: str, *, token: str, agent: str
 BreakOutcome = Literal["requeued", "dead", "cleaned", "quarantined"]
 
 
-def _break_lock(
+@_storage_errors("break the lock", Layout.lock)
+def break_lock(
     store: Store,
     task_id: str,
     *,
@@ -384,7 +410,8 @@ def _apply_break(
     return "dead" if outcome == "dead" else "requeued"
 
 
-def _requeue(store: Store, task_id: str, agent: str = "") -> None:
+@_storage_errors("requeue task into", Layout.record)
+def requeue(store: Store, task_id: str, agent: str = "") -> None:
     """Move a dead-lettered task back to pending with a fresh attempt budget."""
     from ._errors import TaskNotFound
 
@@ -408,46 +435,3 @@ def _requeue(store: Store, task_id: str, agent: str = "") -> None:
         add_entry(layout.ready, rel, durable=store.durable)
         publish_replace(layout.staging, encode_task(task), layout.record(task_id), durable=store.durable)
         unlink_quietly(layout.dead(task_id))
-
-
-def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
-    """Extend this claim's lease to now + ttl; LeaseLost when the lock is no longer this claim's."""
-    with storage_errors("renew the lease in", store.layout.lock(task_id), task_id):
-        return _renew(store, task_id, token, ttl)
-
-
-def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
-    """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
-    with storage_errors("complete task into", store.layout.done(task_id), task_id):
-        _complete(store, task_id, token, result, agent)
-
-
-def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
-    """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
-    with storage_errors("record the failure in", store.layout.record(task_id), task_id):
-        return _fail(store, task_id, token, error, retry=retry, agent=agent)
-
-
-def requeue(store: Store, task_id: str, agent: str = "") -> None:
-    """Move a dead-lettered task back to pending with a fresh attempt budget."""
-    with storage_errors("requeue task into", store.layout.record(task_id), task_id):
-        _requeue(store, task_id, agent)
-
-
-def break_lock(
-    store: Store,
-    task_id: str,
-    *,
-    allow: frozenset[Verdict],
-    force: bool = False,
-    expect_token: str | None = None,
-    reason: str = "",
-) -> tuple[BreakOutcome, Verdict, LockRecord | None] | None:
-    """Break the lock of ``task_id`` if, judged under the guard, its verdict is in ``allow`` (or forced).
-
-    Identity-checked: the judgement and the removal happen under the task's guard, so no claim, renew
-    or commit can slip in between (never "stat, then unlink by name"). ``expect_token`` additionally
-    pins the exact claim a caller judged earlier. Returns None when nothing was broken.
-    """
-    with storage_errors("break the lock", store.layout.lock(task_id), task_id):
-        return _break_lock(store, task_id, allow=allow, force=force, expect_token=expect_token, reason=reason)

@@ -105,15 +105,15 @@ def _read_json_arg(value: str | None, what: str) -> Any:
         raise InvalidPayload(f'{what} is not valid JSON ({exc}); quote it, e.g. \'{{"url": "..."}}\'') from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
+#: The two options every fsqueue entry point shares (also used by fsqueue-watchdog).
+root_option = click.option(
     "--root",
     envvar="FSQUEUE_ROOT",
     type=click.Path(),
     default=None,
     help=f"Queue directory [env FSQUEUE_ROOT; default {default_root()}].",
 )
-@click.option(
+config_option = click.option(
     "--config",
     "config_path",
     envvar="FSQUEUE_CONFIG",
@@ -121,6 +121,11 @@ def _read_json_arg(value: str | None, what: str) -> Any:
     default=None,
     help="YAML settings file [env FSQUEUE_CONFIG].",
 )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@root_option
+@config_option
 @click.option("--debug", is_flag=True, envvar="FSQUEUE_DEBUG", help="Show tracebacks on errors.")
 @click.version_option(package_name="fsqueue")
 @click.pass_context

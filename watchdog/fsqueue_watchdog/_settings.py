@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from fsqueue import Config, ConfigError
-from fsqueue._config import config_from_mapping, parse_duration, yaml_error_where
+from fsqueue._config import config_from_mapping, parse_duration, read_yaml
 
 LogFormat = Literal["text", "json"]
 
@@ -89,15 +89,5 @@ def load_settings(path: str | None) -> tuple[Config, WatchdogSettings]:
     """Read and validate the YAML config file (or the defaults when ``path`` is None)."""
     if path is None:
         return Config(), WatchdogSettings()
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML{yaml_error_where(exc)}", path=path) from None
+    data = read_yaml(path)
     return settings_from_mapping(data, path)

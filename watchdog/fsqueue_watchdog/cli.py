@@ -7,24 +7,12 @@ import sys
 import click
 
 from fsqueue import FsQueueError, default_root
+from fsqueue.cli import config_option, root_option
 
 
 @click.command(name="fsqueue-watchdog", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--root",
-    envvar="FSQUEUE_ROOT",
-    type=click.Path(),
-    default=None,
-    help=f"Queue directory [env FSQUEUE_ROOT; default {default_root()}].",
-)
-@click.option(
-    "--config",
-    "config_path",
-    envvar="FSQUEUE_CONFIG",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="YAML settings file [env FSQUEUE_CONFIG].",
-)
+@root_option
+@config_option
 @click.option("--interval", type=click.FloatRange(min=0.01), default=None, help="Seconds between sweeps.")
 @click.option("--once", is_flag=True, help="Sweep once and exit (for cron or a systemd timer).")
 @click.option("--wait", is_flag=True, help="If another watchdog runs for this root, wait for it to exit.")
