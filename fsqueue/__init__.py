@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._claim import Claim
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import Config, load_config
+from ._degraded import Mode
 from ._errors import (
     ConfigError,
     CorruptRecord,
@@ -21,6 +22,7 @@ from ._errors import (
     TaskExists,
     TaskNotFound,
 )
+from ._heartbeat import AgentInfo, Heartbeat, HeartbeatRecord
 from ._inspect import LockInfo, TaskInfo
 from ._layout import default_root
 from ._queue import Queue
@@ -28,18 +30,22 @@ from ._queue import Queue
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentInfo",
     "Claim",
     "Clock",
     "Config",
     "ConfigError",
     "CorruptRecord",
     "FsQueueError",
+    "Heartbeat",
+    "HeartbeatRecord",
     "InvalidPayload",
     "InvalidTaskId",
     "LeaseLost",
     "LockHeld",
     "LockInfo",
     "ManualClock",
+    "Mode",
     "Queue",
     "QueueRootError",
     "StorageError",

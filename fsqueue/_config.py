@@ -28,9 +28,31 @@ class Config:
     """Longest back-off, in seconds."""
     durability: Durability = "fsync"
     """``fsync``: accepted enqueues and completions survive power loss; ``none``: for tmpfs users."""
+    heartbeat_interval: float = 300.0
+    """How often agents beat by default (``heartbeats.interval``), in seconds."""
+    heartbeat_grace: float = 60.0
+    """A heartbeat is ``late`` once older than its interval plus this (``heartbeats.grace``)."""
+    heartbeat_down_after: float = 3.0
+    """... and ``down`` once older than this many intervals plus the grace (``heartbeats.down_after``)."""
+    recover_after: float = 600.0
+    """Degraded mode is left only after the upstream has been fresh this long (``heartbeats.recover_after``)."""
 
     def __post_init__(self) -> None:
         _positive("ttl", self.ttl)
+        _positive("heartbeats.interval", self.heartbeat_interval)
+        _positive("heartbeats.down_after", self.heartbeat_down_after)
+        if (
+            isinstance(self.heartbeat_grace, bool)
+            or not isinstance(self.heartbeat_grace, int | float)
+            or not (math.isfinite(self.heartbeat_grace) and self.heartbeat_grace >= 0)
+        ):
+            raise ConfigError(f"heartbeats.grace must be a number of seconds >= 0, got {self.heartbeat_grace!r}")
+        if (
+            isinstance(self.recover_after, bool)
+            or not isinstance(self.recover_after, int | float)
+            or not (math.isfinite(self.recover_after) and self.recover_after >= 0)
+        ):
+            raise ConfigError(f"heartbeats.recover_after must be a number of seconds >= 0, got {self.recover_after!r}")
         _positive("retry_base", self.retry_base)
         _positive("retry_max", self.retry_max)
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -55,7 +77,13 @@ def parse_duration(value: object, key: str) -> float:
     raise ConfigError(f"{key} must be a duration such as 30, '30s', '10m' or '2h', got {value!r}")
 
 
-_QUEUE_KEYS: Final = {"ttl", "max_attempts", "retry", "durability"}
+_QUEUE_KEYS: Final = {"ttl", "max_attempts", "retry", "durability", "heartbeats"}
+_HEARTBEAT_KEYS: Final = {
+    "interval": "heartbeat_interval",
+    "grace": "heartbeat_grace",
+    "down_after": "heartbeat_down_after",
+    "recover_after": "recover_after",
+}
 _RETRY_KEYS: Final = {"base", "max"}
 #: Sections read by other parts of fsqueue; the queue itself accepts and ignores them.
 _OTHER_SECTIONS: Final = {"watchdog"}
@@ -90,10 +118,32 @@ def config_from_mapping(data: object, source: str = "config") -> Config:
                 seconds = parse_duration(retry[key], f"{source}: retry.{key}")
                 _positive(f"{source}: retry.{key}", seconds)
                 changes[f"retry_{key}"] = seconds
+    changes.update(_heartbeat_changes(data.get("heartbeats"), source))
     try:
         return replace(Config(), **changes)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _heartbeat_changes(section: object, source: str) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: heartbeats must be a mapping, got {section!r}")
+    bad = sorted(set(section) - set(_HEARTBEAT_KEYS), key=str)
+    if bad:
+        raise ConfigError(f"{source}: unknown key 'heartbeats.{bad[0]}' (known: {', '.join(sorted(_HEARTBEAT_KEYS))})")
+    changes: dict[str, Any] = {}
+    for key, name in _HEARTBEAT_KEYS.items():
+        if key in section:
+            value = section[key]
+            if key == "down_after":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(f"{source}: heartbeats.down_after must be a number of intervals, got {value!r}")
+                changes[name] = float(value)
+            else:
+                changes[name] = parse_duration(value, f"{source}: heartbeats.{key}")
+    return changes
 
 
 def read_yaml(path: str) -> object:

@@ -10,9 +10,11 @@ from typing import Any, Final, Literal
 
 from . import _transitions as transitions
 from ._claim import Claim
+from ._degraded import Mode, upstream
 from ._errors import InvalidPayload, InvalidTaskId, StorageError, TaskExists
 from ._fsio import exists_nofollow, publish_new, storage_error
 from ._guard import guarded
+from ._heartbeat import AgentInfo, Heartbeat, HeartbeatRecord, list_agents, read_beat, write_beat
 from ._identity import Owner, current_owner, lease_only_owner, owner_of
 from ._ids import new_task_id, validate_task_id
 from ._index import MAX_PRIORITY, MIN_PRIORITY, add_entry, entry_for, iter_entries, priorities, remove_entry
@@ -222,6 +224,45 @@ class Queue(Inspection):
         """Record a failed attempt by id and token (fenced); returns "pending" or "dead"."""
         validate_task_id(task_id)
         return transitions.fail(self, task_id, token, error, retry=retry, agent=agent)
+
+    # Heartbeats and degraded mode.
+
+    def beat(
+        self,
+        agent: str,
+        *,
+        state: str = "ok",
+        message: str = "",
+        interval: float | None = None,
+        owner_pid: int | None = None,
+    ) -> HeartbeatRecord:
+        """Publish ``agent``'s heartbeat now (for cron agents that run a few seconds)."""
+        owner = None
+        if owner_pid is not None:
+            owner = owner_of(owner_pid)
+            if owner is None:
+                raise InvalidPayload(f"owner pid {owner_pid} is not a running process on this host")
+        return write_beat(self, agent, state=state, message=message, interval=interval, owner=owner)
+
+    def heartbeat(
+        self, agent: str, *, interval: float | None = None, state: str = "running", message: str = ""
+    ) -> Heartbeat:
+        """A context manager that beats on entry, every ``interval`` meanwhile, and on exit."""
+        return Heartbeat(self, agent, interval=interval, state=state, message=message)
+
+    def last_beat(self, agent: str) -> HeartbeatRecord | None:
+        """``agent``'s last heartbeat, or None."""
+        return read_beat(self, agent)
+
+    def agents(self) -> list[AgentInfo]:
+        """Every agent that ever beat, with its verdict (ok / late / down)."""
+        return list_agents(self)
+
+    def upstream(
+        self, name: str, *, max_age: float | None = None, agent: str | None = None, recover_after: float | None = None
+    ) -> Mode:
+        """Is ``name`` alive? ``Mode.degraded`` says to run the degraded path (with hysteresis)."""
+        return upstream(self, name, max_age=max_age, agent=agent, recover_after=recover_after)
 
     def requeue(self, task_id: str) -> None:
         """Move a dead-lettered task back to pending with a fresh attempt budget."""

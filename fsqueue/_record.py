@@ -19,7 +19,6 @@ MAX_HISTORY: Final = 50
 MAX_ERROR_TEXT: Final = 4000
 
 TaskState = Literal["pending", "delayed", "running", "done", "dead"]
-Kind = Literal["task", "lock", "done", "dead"]
 
 
 class ForeignFormat(CorruptRecord):
@@ -120,15 +119,6 @@ def encode_task(task: TaskRecord) -> bytes:
 
 
 def encode_lock(lock: LockRecord) -> bytes:
-    o = lock.owner
-    owner = {
-        "host": o.host,
-        "machine_id": o.machine_id,
-        "boot_id": o.boot_id,
-        "pidns": o.pidns,
-        "pid": o.pid,
-        "start_ticks": o.start_ticks,
-    }
     return _dumps(
         {
             "format": FORMAT,
@@ -141,7 +131,7 @@ def encode_lock(lock: LockRecord) -> bytes:
             "claimed_at": lock.claimed_at,
             "ttl": lock.ttl,
             "mode": lock.mode,
-            "owner": owner,
+            "owner": owner_dict(lock.owner),
         }
     )
 
@@ -161,7 +151,8 @@ def encode_final(final: FinalRecord) -> bytes:
     )
 
 
-def _load(data: bytes, path: str, kind: Kind) -> dict[str, Any]:
+def load_record(data: bytes, path: str, kind: str) -> dict[str, Any]:
+    """Parse a versioned record of ``kind``: CorruptRecord if unreadable, ForeignFormat if another version."""
     if not data:
         raise CorruptRecord(f"{path} is empty (expected a {FORMAT} {kind} record)", path=path)
     try:
@@ -192,7 +183,8 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a record")
 
 
-def _get(obj: dict[str, Any], key: str, types: type | tuple[type, ...], path: str) -> Any:
+def read_field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], path: str) -> Any:
+    """``obj[key]`` if it has one of ``types`` (numbers finite and sane), else CorruptRecord naming it."""
     value = obj.get(key)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
     if ok and isinstance(value, int | float) and not isinstance(value, bool):
@@ -217,11 +209,11 @@ def _parse_event(obj: Any, path: str) -> Event:
     if not isinstance(obj, dict):
         raise CorruptRecord(f"{path}: a history entry is not an object", path=path)
     return Event(
-        at=float(_get(obj, "at", _NUM, path)),
-        event=_get(obj, "event", str, path),
-        attempt=_get(obj, "attempt", int, path),
-        agent=_get(obj, "agent", str, path),
-        error=_get(obj, "error", str, path),
+        at=float(read_field(obj, "at", _NUM, path)),
+        event=read_field(obj, "event", str, path),
+        attempt=read_field(obj, "attempt", int, path),
+        agent=read_field(obj, "agent", str, path),
+        error=read_field(obj, "error", str, path),
     )
 
 
@@ -232,73 +224,89 @@ def _parse_task_dict(obj: dict[str, Any], path: str) -> TaskRecord:
     if "payload" not in obj:
         raise CorruptRecord(f"{path}: field 'payload' is missing", path=path)
     ttl = obj.get("ttl")
-    if ttl is not None and (float(_get(obj, "ttl", _NUM, path)) <= 0):
+    if ttl is not None and (float(read_field(obj, "ttl", _NUM, path)) <= 0):
         raise CorruptRecord(f"{path}: field 'ttl' must be positive ({ttl!r})", path=path)
     settled = obj.get("settled")
     if settled is not None and not isinstance(settled, str):
         raise CorruptRecord(f"{path}: field 'settled' has the wrong type ({settled!r})", path=path)
     return TaskRecord(
-        id=_get(obj, "id", str, path),
+        id=read_field(obj, "id", str, path),
         payload=obj["payload"],
-        priority=_get(obj, "priority", int, path),
-        max_attempts=_get(obj, "max_attempts", int, path),
+        priority=read_field(obj, "priority", int, path),
+        max_attempts=read_field(obj, "max_attempts", int, path),
         ttl=None if ttl is None else float(ttl),
-        enqueued_at=float(_get(obj, "enqueued_at", _NUM, path)),
-        ready_at=float(_get(obj, "ready_at", _NUM, path)),
-        entry=_get(obj, "entry", str, path),
-        attempts=_get(obj, "attempts", int, path),
-        fence=_get(obj, "fence", int, path),
+        enqueued_at=float(read_field(obj, "enqueued_at", _NUM, path)),
+        ready_at=float(read_field(obj, "ready_at", _NUM, path)),
+        entry=read_field(obj, "entry", str, path),
+        attempts=read_field(obj, "attempts", int, path),
+        fence=read_field(obj, "fence", int, path),
         settled=settled,
-        agent=_get(obj, "agent", str, path),
+        agent=read_field(obj, "agent", str, path),
         history=tuple(_parse_event(item, path) for item in history),
     )
 
 
 def parse_task(data: bytes, path: str) -> TaskRecord:
-    return _parse_task_dict(_load(data, path, "task"), path)
+    return _parse_task_dict(load_record(data, path, "task"), path)
+
+
+def parse_owner(owner: object, path: str) -> Owner:
+    """The ``owner`` object of a lock or heartbeat record."""
+    if not isinstance(owner, dict):
+        raise CorruptRecord(f"{path}: field 'owner' is missing or not an object", path=path)
+    return Owner(
+        host=read_field(owner, "host", str, path),
+        machine_id=read_field(owner, "machine_id", str, path),
+        boot_id=read_field(owner, "boot_id", str, path),
+        pidns=read_field(owner, "pidns", int, path),
+        pid=read_field(owner, "pid", int, path),
+        start_ticks=read_field(owner, "start_ticks", int, path),
+    )
+
+
+def owner_dict(o: Owner) -> dict[str, Any]:
+    return {
+        "host": o.host,
+        "machine_id": o.machine_id,
+        "boot_id": o.boot_id,
+        "pidns": o.pidns,
+        "pid": o.pid,
+        "start_ticks": o.start_ticks,
+    }
 
 
 def parse_lock(data: bytes, path: str) -> LockRecord:
-    obj = _load(data, path, "lock")
-    owner = obj.get("owner")
-    if not isinstance(owner, dict):
-        raise CorruptRecord(f"{path}: field 'owner' is missing or not an object", path=path)
-    mode = _get(obj, "mode", str, path)
+    obj = load_record(data, path, "lock")
+    owner = parse_owner(obj.get("owner"), path)
+    mode = read_field(obj, "mode", str, path)
     if mode not in ("process", "lease"):
         raise CorruptRecord(f"{path}: field 'mode' is {mode!r}, expected 'process' or 'lease'", path=path)
     return LockRecord(
-        task=_get(obj, "task", str, path),
-        agent=_get(obj, "agent", str, path),
-        token=_get(obj, "token", str, path),
-        attempt=_get(obj, "attempt", int, path),
-        fence=_get(obj, "fence", int, path),
-        claimed_at=float(_get(obj, "claimed_at", _NUM, path)),
-        ttl=_positive(float(_get(obj, "ttl", _NUM, path)), "ttl", path),
+        task=read_field(obj, "task", str, path),
+        agent=read_field(obj, "agent", str, path),
+        token=read_field(obj, "token", str, path),
+        attempt=read_field(obj, "attempt", int, path),
+        fence=read_field(obj, "fence", int, path),
+        claimed_at=float(read_field(obj, "claimed_at", _NUM, path)),
+        ttl=_positive(float(read_field(obj, "ttl", _NUM, path)), "ttl", path),
         mode=mode,
-        owner=Owner(
-            host=_get(owner, "host", str, path),
-            machine_id=_get(owner, "machine_id", str, path),
-            boot_id=_get(owner, "boot_id", str, path),
-            pidns=_get(owner, "pidns", int, path),
-            pid=_get(owner, "pid", int, path),
-            start_ticks=_get(owner, "start_ticks", int, path),
-        ),
+        owner=owner,
     )
 
 
 def parse_final(data: bytes, path: str, state: Literal["done", "dead"]) -> FinalRecord:
-    obj = _load(data, path, state)
+    obj = load_record(data, path, state)
     task = obj.get("task")
     if not isinstance(task, dict):
         raise CorruptRecord(f"{path}: field 'task' is missing or not an object", path=path)
     return FinalRecord(
         state=state,
         task=_parse_task_dict(task, path),
-        finished_at=float(_get(obj, "finished_at", _NUM, path)),
+        finished_at=float(read_field(obj, "finished_at", _NUM, path)),
         result=obj.get("result"),
-        reason=_get(obj, "reason", str, path),
-        token=_get(obj, "token", str, path),
-        agent=_get(obj, "agent", str, path),
+        reason=read_field(obj, "reason", str, path),
+        token=read_field(obj, "token", str, path),
+        agent=read_field(obj, "agent", str, path),
     )
 
 

@@ -93,6 +93,7 @@ def run_tasks(
     err = err or sys.stderr
     signals = _Signals()
     signals.install()
+    beater = Beater(queue, agent)
     worst = 0
     try:
         for _ in range(max_tasks):
@@ -103,19 +104,53 @@ def run_tasks(
                 break
             if on_claim is not None:
                 on_claim(claim)
-            outcome = run_one(queue, claim, command, timeout=timeout, signals=signals)
+            beater.beat("running", f"task {claim.id} (attempt {claim.attempt})", force=True)
+            outcome = run_one(queue, claim, command, timeout=timeout, signals=signals, beater=beater)
             if outcome.message:
                 print(outcome.message, file=err)
             worst = max(worst, outcome.exit_code)
     finally:
         signals.restore()
+        beater.beat("idle", "", force=True)
     if signals.received is not None:
         return 128 + signals.received
     return worst
 
 
+class Beater:
+    """``fsqueue run --agent A`` beats for A: when a task starts, every heartbeat interval, and at the end."""
+
+    def __init__(self, queue: Queue, agent: str) -> None:
+        self.queue = queue
+        self.agent = agent
+        self.enabled = True
+        self.state = "running"
+        self.message = ""
+        self.next_due = 0.0
+
+    def beat(self, state: str | None = None, message: str | None = None, *, force: bool = False) -> None:
+        if state is not None:
+            self.state, self.message = state, message or ""
+        now = time.monotonic()
+        if not self.enabled or (not force and now < self.next_due):
+            return
+        self.next_due = now + self.queue.config.heartbeat_interval
+        try:
+            self.queue.beat(self.agent, state=self.state, message=self.message)
+        except InvalidPayload:
+            self.enabled = False  # an agent name that cannot name a file: claims work, heartbeats do not
+        except OSError:
+            pass  # a full disk: readers see the agent go late, which is the truth
+
+
 def run_one(
-    queue: Queue, claim: Claim, command: Sequence[str], *, timeout: float | None, signals: _Signals | None = None
+    queue: Queue,
+    claim: Claim,
+    command: Sequence[str],
+    *,
+    timeout: float | None,
+    signals: _Signals | None = None,
+    beater: Beater | None = None,
 ) -> Outcome:
     """Run ``command`` for one claim and settle the claim by its exit status."""
     signals = signals or _Signals()
@@ -143,7 +178,7 @@ def run_one(
             claim.id, 1, f"fsqueue run: task {claim.id}: cannot start {command[0]!r}: {exc.strerror} (task is {state})"
         )
     io = _ChildIO(proc, json.dumps(claim.payload).encode() + b"\n")
-    ended = _supervise(claim, proc, timeout, signals)
+    ended = _supervise(claim, proc, timeout, signals, beater)
     if ended != "lease-lost" and not _drain(claim, io):
         ended = "lease-lost"
     if ended == "lease-lost":
@@ -229,7 +264,9 @@ def _as_result(data: bytes) -> Any:
         return text
 
 
-def _supervise(claim: Claim, proc: subprocess.Popen[bytes], timeout: float | None, signals: _Signals) -> str:
+def _supervise(
+    claim: Claim, proc: subprocess.Popen[bytes], timeout: float | None, signals: _Signals, beater: Beater | None = None
+) -> str:
     """Wait for the command, renewing the lease; returns exited / timeout / signalled / lease-lost."""
     start = time.monotonic()
     renew_every = max(0.05, claim.ttl / 3)
@@ -245,6 +282,8 @@ def _supervise(claim: Claim, proc: subprocess.Popen[bytes], timeout: float | Non
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
+        if beater is not None:
+            beater.beat()
         if signals.received is not None and not forwarded:
             proc.send_signal(signals.received)
             forwarded = True

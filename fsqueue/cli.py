@@ -1,7 +1,7 @@
 """The ``fsqueue`` command line: one click group, errors mapped once to documented exit codes.
 
 Exit codes: 0 success; 1 error; 2 usage; 3 nothing to claim; 4 pipeline halted (reserved);
-5 lease lost (fenced).
+5 lease lost (fenced); 6 upstream stale or missing (``fsqueue check``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ._layout import create_root, default_root
 from ._queue import Queue
 
 EXIT_NOTHING_TO_CLAIM = 3
+EXIT_UPSTREAM_STALE = 6
 
 
 class CliError(click.ClickException):
@@ -401,6 +402,88 @@ def watchdog_command(ctx: Context, args: tuple[str, ...]) -> None:
 
     prefix = ["--root", ctx.root, *(["--config", ctx.config_path] if ctx.config_path else [])]
     watchdog.main(args=[*prefix, *args], prog_name="fsqueue watchdog")
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--state", default="ok", show_default=True, help="A short word: ok, running, idle, degraded, ...")
+@click.option("--message", default="", help="A short message shown by `fsqueue agents`.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Seconds until the next beat is due [default: heartbeats.interval, 300].",
+)
+@click.option(
+    "--pid",
+    "owner_pid",
+    type=int,
+    default=None,
+    help="The agent's process, for the ALIVE column [default: the calling process, $PPID].",
+)
+@pass_ctx
+def beat(ctx: Context, agent: str, state: str, message: str, interval: float | None, owner_pid: int | None) -> None:
+    """Write AGENT's heartbeat (status/AGENT.heartbeat) now."""
+    import os
+
+    with _errors(ctx.debug):
+        ctx.queue().beat(
+            agent,
+            state=state,
+            message=message,
+            interval=interval,
+            owner_pid=os.getppid() if owner_pid is None else owner_pid,
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def agents(ctx: Context, as_json: bool) -> None:
+    """Every agent that beats: state, last beat, age, verdict (ok / late / down), pid, alive."""
+    with _errors(ctx.debug):
+        infos = ctx.queue().agents()
+    if as_json:
+        _json_out([i.to_json() for i in infos])
+        return
+    alive = {True: "yes", False: "no", None: "?"}
+    _table(
+        ["agent", "verdict", "state", "last beat", "age", "pid", "alive", "message"],
+        [
+            [
+                i.agent,
+                i.verdict,
+                i.state,
+                _when(i.at) if i.at else "-",
+                _ago(i.age),
+                str(i.pid or "-"),
+                alive[i.alive],
+                i.message[:60],
+            ]
+            for i in infos
+        ],
+    )
+
+
+@cli.command()
+@click.argument("agent")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stale after this many seconds [default: the agent's interval + heartbeats.grace].",
+)
+@pass_ctx
+def check(ctx: Context, agent: str, max_age: float | None) -> None:
+    """Exit 0 if AGENT's heartbeat is fresh, 6 if it is stale or missing (prints nothing)."""
+    from ._degraded import upstream_fresh
+    from ._heartbeat import check_agent_name
+
+    with _errors(ctx.debug):
+        queue = ctx.queue()
+        check_agent_name(agent)
+        fresh, _ = upstream_fresh(queue, agent, max_age, queue.clock.now())
+    sys.exit(0 if fresh else EXIT_UPSTREAM_STALE)
 
 
 def main() -> None:
