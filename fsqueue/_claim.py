@@ -76,6 +76,9 @@ class Claim:
 
         check_json(result, "result")
         self._end(lambda: transitions.complete(self._store, self.id, self.token, result, self.agent))
+        from ._breaker import record_output
+
+        record_output(self._store, self.agent)
 
     def fail(self, error: str, *, retry: bool = True) -> str:
         """Record a failed attempt; returns ``"pending"`` (retried later) or ``"dead"``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
 from ._errors import ConfigError
@@ -12,6 +12,30 @@ from ._errors import ConfigError
 Durability = Literal["fsync", "none"]
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A circuit-breaker rule: more than ``max_outputs`` outputs within ``window`` seconds trips it."""
+
+    agent: str
+    max_outputs: int
+    window: float
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where an alert goes: a shell command, a webhook URL, a sendmail recipient (any or all)."""
+
+    command: str | None = None
+    webhook: str | None = None
+    sendmail: str | None = None
+    heartbeat_down: bool = False
+    """Also alert, once per episode, when an agent's heartbeat goes ``down`` (the watchdog sends it)."""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.command or self.webhook or self.sendmail)
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,18 @@ class Config:
     """... and ``down`` once older than this many intervals plus the grace (``heartbeats.down_after``)."""
     recover_after: float = 600.0
     """Degraded mode is left only after the upstream has been fresh this long (``heartbeats.recover_after``)."""
+    rules: tuple[Rule, ...] = ()
+    """Circuit-breaker rules (``breaker.rules``); none means outputs are not counted at all."""
+    alerts: Alerts = field(default_factory=Alerts)
+    """Alert transports (``alerts``)."""
+
+    def rule_for(self, agent: str) -> Rule | None:
+        """The most specific rule for ``agent``: its own name first, then ``"*"``."""
+        for wanted in (agent, "*"):
+            for rule in self.rules:
+                if rule.agent == wanted:
+                    return rule
+        return None
 
     def __post_init__(self) -> None:
         _positive("ttl", self.ttl)
@@ -77,7 +113,7 @@ def parse_duration(value: object, key: str) -> float:
     raise ConfigError(f"{key} must be a duration such as 30, '30s', '10m' or '2h', got {value!r}")
 
 
-_QUEUE_KEYS: Final = {"ttl", "max_attempts", "retry", "durability", "heartbeats"}
+_QUEUE_KEYS: Final = {"ttl", "max_attempts", "retry", "durability", "heartbeats", "breaker", "alerts"}
 _HEARTBEAT_KEYS: Final = {
     "interval": "heartbeat_interval",
     "grace": "heartbeat_grace",
@@ -119,6 +155,10 @@ def config_from_mapping(data: object, source: str = "config") -> Config:
                 _positive(f"{source}: retry.{key}", seconds)
                 changes[f"retry_{key}"] = seconds
     changes.update(_heartbeat_changes(data.get("heartbeats"), source))
+    if data.get("breaker") is not None:
+        changes["rules"] = _rules(data["breaker"], source)
+    if data.get("alerts") is not None:
+        changes["alerts"] = _alerts(data["alerts"], source)
     try:
         return replace(Config(), **changes)
     except ConfigError as exc:
@@ -144,6 +184,52 @@ def _heartbeat_changes(section: object, source: str) -> dict[str, Any]:
             else:
                 changes[name] = parse_duration(value, f"{source}: heartbeats.{key}")
     return changes
+
+
+def _rules(section: object, source: str) -> tuple[Rule, ...]:
+    if not isinstance(section, dict) or set(section) - {"rules"}:
+        raise ConfigError(f"{source}: breaker must be a mapping with one key, rules, got {section!r}")
+    rules = section.get("rules") or []
+    if not isinstance(rules, list):
+        raise ConfigError(f"{source}: breaker.rules must be a list, got {rules!r}")
+    out = []
+    for i, rule in enumerate(rules):
+        where = f"{source}: breaker.rules[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where} must be a mapping with agent, max_outputs, window, got {rule!r}")
+        bad = sorted(set(rule) - {"agent", "max_outputs", "window"}, key=str)
+        missing = sorted({"agent", "max_outputs", "window"} - set(rule))
+        if bad or missing:
+            raise ConfigError(f"{where}: {'unknown key ' + repr(bad[0]) if bad else 'missing key ' + repr(missing[0])}")
+        agent, limit = rule["agent"], rule["max_outputs"]
+        if not isinstance(agent, str) or not agent:
+            raise ConfigError(f'{where}.agent must be an agent name or "*", got {agent!r}')
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"{where}.max_outputs must be an integer >= 1, got {limit!r}")
+        window = parse_duration(rule["window"], f"{where}.window")
+        _positive(f"{where}.window", window)
+        out.append(Rule(agent, limit, window))
+    return tuple(out)
+
+
+def _alerts(section: object, source: str) -> Alerts:
+    keys = {"command", "webhook", "sendmail", "heartbeat_down"}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: alerts must be a mapping, got {section!r}")
+    bad = sorted(set(section) - keys, key=str)
+    if bad:
+        raise ConfigError(f"{source}: unknown key 'alerts.{bad[0]}' (known: {', '.join(sorted(keys))})")
+    for key in ("command", "webhook", "sendmail"):
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{source}: alerts.{key} must be a non-empty string, got {value!r}")
+    webhook = section.get("webhook")
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: alerts.webhook must be an http:// or https:// URL, got {webhook!r}")
+    down = section.get("heartbeat_down", False)
+    if not isinstance(down, bool):
+        raise ConfigError(f"{source}: alerts.heartbeat_down must be true or false, got {down!r}")
+    return Alerts(section.get("command"), webhook, section.get("sendmail"), down)
 
 
 def read_yaml(path: str) -> object:

@@ -40,6 +40,12 @@ class LeaseLost(FsQueueError, RuntimeError):
     exit_code = 5
 
 
+class PipelineHalted(FsQueueError, RuntimeError):
+    """The circuit breaker tripped (or an operator halted the pipeline): no claim, no enqueue."""
+
+    exit_code = 4
+
+
 class LockHeld(FsQueueError, RuntimeError):
     """A lock whose owner is alive and whose lease is current was not broken (use force)."""
 
@@ -70,6 +76,7 @@ __all__ = [
     "InvalidTaskId",
     "LeaseLost",
     "LockHeld",
+    "PipelineHalted",
     "QueueRootError",
     "StorageError",
     "TaskExists",

@@ -192,8 +192,12 @@ class Inspection(Store):
         by_verdict: dict[str, int] = {}
         for info in locks:
             by_verdict[info.verdict] = by_verdict.get(info.verdict, 0) + 1
+        from ._breaker import read_halt
+
+        halt = read_halt(self)
         return {
             "root": self.root,
+            "halted": None if halt is None else halt.to_json(),
             "tasks": counts,
             "oldest_pending_age": None if oldest is None else max(0.0, now - oldest),
             "locks": by_verdict,

@@ -14,7 +14,20 @@ from ._errors import QueueRootError
 from ._fsio import fsync_dir, make_dir, storage_error
 
 ROOT_MARKER: Final = "fsqueue.json"
-SUBDIRS: Final = ("tasks", "records", "ready", "done", "dead", "staging", "quarantine", "guards", "owners", "status")
+SUBDIRS: Final = (
+    "tasks",
+    "records",
+    "ready",
+    "done",
+    "dead",
+    "staging",
+    "quarantine",
+    "guards",
+    "owners",
+    "status",
+    "breaker",
+    "alerts",
+)
 GUARD_SHARDS: Final = 256
 
 

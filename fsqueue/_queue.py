@@ -9,6 +9,7 @@ from itertools import islice
 from typing import Any, Final, Literal
 
 from . import _transitions as transitions
+from ._breaker import Halt, check_running, read_halt, record_output, resume, trip
 from ._claim import Claim
 from ._degraded import Mode, upstream
 from ._errors import InvalidPayload, InvalidTaskId, StorageError, TaskExists
@@ -69,6 +70,7 @@ class Queue(Inspection):
     ) -> str:
         """Add a task and return its id; durable once this returns (fsync of file and directories)."""
         check_json(payload, "payload")
+        check_running(self)
         task_id = new_task_id() if id is None else validate_task_id(id)
         if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidPayload(f"priority must be an integer in [{MIN_PRIORITY}, {MAX_PRIORITY}], got {priority!r}")
@@ -114,6 +116,8 @@ class Queue(Inspection):
                 except OSError:
                     pass  # e.g. a read-only filesystem: a marker without a record is a harmless leftover
                 raise storage_error(exc, "enqueue task into", layout.record(task_id), task_id) from exc
+        if agent:
+            record_output(self, agent)
         return task_id
 
     def _existing_state(self, task_id: str) -> str | None:
@@ -144,6 +148,7 @@ class Queue(Inspection):
         """
         check_agent(agent)
         _check_number("ttl", ttl, minimum=0.001)
+        check_running(self)
         owner, mode = self._owner(owner_pid, lease_only)
         for blocking in (False, True):
             busy = False
@@ -218,7 +223,8 @@ class Queue(Inspection):
         """Commit a result by id and token (fenced)."""
         validate_task_id(task_id)
         check_json(result, "result")
-        transitions.complete(self, task_id, token, result, agent)
+        credited = transitions.complete(self, task_id, token, result, agent)
+        record_output(self, credited)
 
     def fail(self, task_id: str, token: str, error: str, *, retry: bool = True, agent: str = "") -> str:
         """Record a failed attempt by id and token (fenced); returns "pending" or "dead"."""
@@ -263,6 +269,25 @@ class Queue(Inspection):
     ) -> Mode:
         """Is ``name`` alive? ``Mode.degraded`` says to run the degraded path (with hysteresis)."""
         return upstream(self, name, max_age=max_age, agent=agent, recover_after=recover_after)
+
+    # The circuit breaker.
+
+    def record_output(self, agent: str, count: int = 1) -> Halt | None:
+        """Count outputs of ``agent`` outside the queue (a post, an email); returns the halt if this tripped it."""
+        check_agent(agent)
+        return record_output(self, agent, count)
+
+    def halt(self, reason: str) -> Halt | None:
+        """Halt the pipeline by hand (no alert); None if it was already halted."""
+        return trip(self, f"halted by hand: {reason}", alert=False)
+
+    def resume(self) -> Halt | None:
+        """Lift the halt; returns the halt that was lifted, or None if the pipeline was running."""
+        return resume(self)
+
+    def halted(self) -> Halt | None:
+        """The current halt, or None when the pipeline runs."""
+        return read_halt(self)
 
     def requeue(self, task_id: str) -> None:
         """Move a dead-lettered task back to pending with a fresh attempt budget."""

@@ -206,8 +206,12 @@ def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
 
 
 @_storage_errors("complete task into", Layout.done)
-def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> None:
-    """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours."""
+def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> str:
+    """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours.
+
+    Returns the agent credited with the output (for the circuit breaker, counted by the caller
+    once the task's guard is released: two guards held at once could be the same flock file).
+    """
     layout = store.layout
     with guarded(layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
@@ -228,6 +232,7 @@ def complete(store: Store, task_id: str, token: str, result: object, agent: str)
         # Committed. What follows is cleanup that any later transition would also perform.
         unlink_quietly(layout.record(task_id))
         _unlink_lock_if_same(store, task_id, st, lock)
+        return agent or lock.agent
 
 
 def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: LockRecord | None = None) -> None:

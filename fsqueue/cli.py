@@ -1,6 +1,6 @@
 """The ``fsqueue`` command line: one click group, errors mapped once to documented exit codes.
 
-Exit codes: 0 success; 1 error; 2 usage; 3 nothing to claim; 4 pipeline halted (reserved);
+Exit codes: 0 success; 1 error; 2 usage; 3 nothing to claim; 4 pipeline halted;
 5 lease lost (fenced); 6 upstream stale or missing (``fsqueue check``).
 """
 
@@ -389,6 +389,10 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"oldest pending  {_ago(info['oldest_pending_age'])}")
     locks_line = "  ".join(f"{k} {v}" for k, v in sorted(info["locks"].items())) or "none"
     click.echo(f"locks   {locks_line}")
+    halt = info.get("halted")
+    if halt:
+        who = f" (agent {halt['agent']}, pid {halt['pid']} on {halt['host']})" if halt["agent"] else ""
+        click.echo(f"HALTED  {_when(halt['at'])}: {halt['reason']}{who}; `fsqueue resume` to continue")
 
 
 @cli.command(
@@ -484,6 +488,43 @@ def check(ctx: Context, agent: str, max_age: float | None) -> None:
         check_agent_name(agent)
         fresh, _ = upstream_fresh(queue, agent, max_age, queue.clock.now())
     sys.exit(0 if fresh else EXIT_UPSTREAM_STALE)
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="How many outputs.")
+@pass_ctx
+def output(ctx: Context, agent: str, count: int) -> None:
+    """Count outputs of AGENT made outside the queue (a post, an email) for the circuit breaker.
+
+    Exits 4 when this output tripped the breaker (the alert has been sent).
+    """
+    with _errors(ctx.debug):
+        halt = ctx.queue().record_output(agent, count)
+    if halt is not None:
+        click.echo(f"fsqueue: pipeline halted: {halt.reason}", err=True)
+        sys.exit(4)
+
+
+@cli.command()
+@click.option("--reason", required=True, help="Why (shown by `fsqueue status` and in every refusal).")
+@pass_ctx
+def halt(ctx: Context, reason: str) -> None:
+    """Halt the pipeline by hand: every claim and enqueue exits 4 until `fsqueue resume`."""
+    with _errors(ctx.debug):
+        queue = ctx.queue()
+        if queue.halt(reason) is None:
+            current = queue.halted()
+            click.echo(f"already halted {current.describe() if current else ''}".rstrip())
+
+
+@cli.command()
+@pass_ctx
+def resume(ctx: Context) -> None:
+    """Lift the halt (breaker trip or `fsqueue halt`); logged in breaker/log.jsonl."""
+    with _errors(ctx.debug):
+        lifted = ctx.queue().resume()
+    click.echo(f"resumed (was halted {lifted.describe()})" if lifted else "the pipeline was not halted")
 
 
 def main() -> None:

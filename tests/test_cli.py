@@ -445,7 +445,8 @@ def test_status_text_and_json(ok: Callable[..., str], initialized: Path) -> None
     ok("complete", got["id"], "--token", got["token"])
     claim(ok)
     data = json.loads(ok("status", "--json"))
-    assert set(data) == {"root", "tasks", "oldest_pending_age", "locks"}
+    assert set(data) == {"root", "halted", "tasks", "oldest_pending_age", "locks"}
+    assert data["halted"] is None
     assert data["root"] == str(initialized)
     assert data["tasks"] == {"pending": 1, "delayed": 1, "running": 1, "done": 1, "dead": 0}
     assert data["locks"] == {"lease": 1}

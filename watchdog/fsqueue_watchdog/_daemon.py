@@ -87,7 +87,7 @@ class Daemon:
         self.settings = self._overridden(settings)
         self.log.fmt = self.settings.log_format
         self.queue = Queue(self.root, config=config)
-        self.sweeper.queue = self.sweeper.repairer.queue = self.queue
+        self.sweeper.queue = self.sweeper.repairer.queue = self.sweeper.alerting.queue = self.queue
         self.sweeper.settings = self.sweeper.repairer.settings = self.settings
         self.log.action("reload", reason="config reloaded", path=self.config_path or "-")
         return True

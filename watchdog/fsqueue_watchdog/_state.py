@@ -24,6 +24,7 @@ class SweepState:
     expired: dict[str, tuple[int, int]] = field(default_factory=dict)
     repaired_at: float | None = None
     boot_id: str = ""
+    verdicts: dict[str, str] = field(default_factory=dict)
 
 
 def load_state(root: str) -> SweepState:
@@ -33,7 +34,8 @@ def load_state(root: str) -> SweepState:
             data = json.loads(handle.read(16 * 1024 * 1024))
         expired = {str(k): (int(v[0]), int(v[1])) for k, v in data["expired"].items()}
         repaired = data["repaired_at"]
-        state = SweepState(expired, None if repaired is None else float(repaired), str(data["boot_id"]))
+        verdicts = {str(k): str(v) for k, v in data.get("verdicts", {}).items()}
+        state = SweepState(expired, None if repaired is None else float(repaired), str(data["boot_id"]), verdicts)
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return SweepState()
     if state.boot_id != boot_id():
@@ -48,5 +50,6 @@ def save_state(root: str, staging: str, state: SweepState) -> None:
         "boot_id": boot_id(),
         "repaired_at": state.repaired_at,
         "expired": {k: list(v) for k, v in state.expired.items()},
+        "verdicts": state.verdicts,
     }
     publish_replace(staging, (json.dumps(data) + "\n").encode(), os.path.join(root, STATE_FILE), durable=False)

@@ -21,6 +21,7 @@ from fsqueue._ids import validate_task_id
 from fsqueue._record import ForeignFormat, LockRecord
 from fsqueue._transitions import Verdict, break_lock
 
+from ._alerting import Alerting
 from ._log import ActionLog
 from ._repair import Repairer
 from ._settings import WatchdogSettings
@@ -39,6 +40,7 @@ class SweepReport:
     breaks: Counter[str] = field(default_factory=Counter)
     repairs: Counter[str] = field(default_factory=Counter)
     oldest_pending_age: float | None = None
+    agents: Counter[str] = field(default_factory=Counter)
 
     def status_line(self) -> str:
         broke = sum(self.breaks.values())
@@ -62,6 +64,7 @@ class Sweeper:
         #: mtime, so a renewal racing the sweep never meets the two-sweep rule (rq #2424, #1604).
         self._expired_seen: dict[str, tuple[int, int]] = state.expired
         self.repairer.last_run = state.repaired_at
+        self.alerting = Alerting(queue, log, state.verdicts)
         self._owners: dict[str, Owner | None] = {}
         self._left_alone: set[tuple[str, int]] = set()
         #: The first sweep of a boot reads the locks the owner index does not know (see _locks_pass).
@@ -78,11 +81,14 @@ class Sweeper:
         self._owners_pass(report)
         self._locks_pass(report, now)
         self.repairer.run(report, now, force=self._first)
+        self.alerting.run(report)
         self._first = False
         if self.persist:
             try:
                 save_state(
-                    self.queue.root, self.queue.layout.staging, SweepState(self._expired_seen, self.repairer.last_run)
+                    self.queue.root,
+                    self.queue.layout.staging,
+                    SweepState(self._expired_seen, self.repairer.last_run, verdicts=self.alerting.verdicts),
                 )
             except OSError as exc:
                 self.log.action("error", reason=f"cannot save sweep state: {exc.strerror}")
