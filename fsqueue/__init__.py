@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._claim import Claim
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import Config, load_config
+from ._config import Alerts, Config, Rule, load_config
 from ._degraded import Mode
 from ._errors import (
     ConfigError,
@@ -17,6 +17,7 @@ from ._errors import (
     InvalidTaskId,
     LeaseLost,
     LockHeld,
+    PipelineHalted,
     QueueRootError,
     StorageError,
     TaskExists,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentInfo",
+    "Alerts",
     "Claim",
     "Clock",
     "Config",
@@ -46,8 +48,10 @@ __all__ = [
     "LockInfo",
     "ManualClock",
     "Mode",
+    "PipelineHalted",
     "Queue",
     "QueueRootError",
+    "Rule",
     "StorageError",
     "SystemClock",
     "TaskExists",

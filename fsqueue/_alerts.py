@@ -10,6 +10,7 @@ delivered alert moves to ``alerts/sent/``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -88,6 +89,7 @@ def deliver(store: Store, alert_id: str) -> dict[str, str] | None:
         for name, state in list(states.items()):
             if state == "sending":
                 states[name] = "unknown"  # its deliverer died mid-send: it may have gone out; never resend
+                _save(store, path, record, states)
             if states[name] not in ("pending", "failed"):
                 continue
             states[name] = "sending"
@@ -134,7 +136,8 @@ def _send(transport: str, store: Store, record: dict[str, Any]) -> str | None:
             return _post(alerts.webhook, record)
         if transport == "sendmail" and alerts.sendmail:
             return _mail(alerts.sendmail, record)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+    except (OSError, subprocess.SubprocessError, ValueError, http.client.HTTPException) as exc:
+        # Anything a transport raises must end as "failed" (retried), never leave it "sending".
         return f"{type(exc).__name__}: {exc}"
     return f"transport {transport} is no longer configured"
 

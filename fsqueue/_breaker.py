@@ -109,6 +109,13 @@ def _window_path(store: Store, agent: str) -> str:
     return os.path.join(store.layout.sub("breaker"), f"{digest}.window")
 
 
+def _breaker_lock(store: Store) -> str:
+    # One flock for all counting, tripping and resuming: a resume can then never interleave with an
+    # output's count-and-verdict (which would halt the pipeline again at once). It is its own file,
+    # never a guard shard, so holding it with an alert's guard can never mean one file twice.
+    return os.path.join(store.layout.sub("breaker"), "breaker.lock")
+
+
 def record_output(store: Store, agent: str, count: int = 1) -> Halt | None:
     """Count ``count`` outputs by ``agent``; trip the breaker (and return the halt) if over its rule."""
     rule = store.config.rule_for(agent)
@@ -116,22 +123,26 @@ def record_output(store: Store, agent: str, count: int = 1) -> Halt | None:
         return None  # no rule: outputs are not counted at all, and cost nothing
     path = _window_path(store, agent)
     now = store.clock.now()
-    with storage_errors("count outputs in", path), guarded(store.layout.guard(f"breaker:{agent}")):
+    with storage_errors("count outputs in", path), guarded(_breaker_lock(store)):
         try:
             data, _ = read_nofollow(path)
             stamps = [float(t) for t in json.loads(data)["stamps"]]
         except (OSError, ValueError, KeyError, TypeError):
             stamps = []  # missing or damaged: start counting afresh
-        stamps = [t for t in stamps if t > now - rule.window] + [now] * count
-        stamps = stamps[-(rule.max_outputs + 1) :]  # all a verdict needs: the file stays bounded
+        keep = rule.max_outputs + 1  # all a verdict needs: the file stays bounded
+        stamps = ([t for t in stamps if t > now - rule.window] + [now] * min(count, keep))[-keep:]
         record = {"format": "fsqueue/1", "kind": "window", "agent": agent, "stamps": stamps}
         publish_replace(store.layout.staging, json.dumps(record).encode(), path, durable=False)
-    if len(stamps) <= rule.max_outputs:
-        return None
-    reason = (
-        f"agent {agent} produced more than {rule.max_outputs} outputs in {_span(rule.window)} (rule for {rule.agent!r})"
-    )
-    return trip(store, reason, agent=agent, rule=rule)
+        if len(stamps) <= rule.max_outputs:
+            return None
+        reason = (
+            f"agent {agent} produced more than {rule.max_outputs} outputs in {_span(rule.window)} "
+            f"(rule for {rule.agent!r})"
+        )
+        halt = _publish_halt(store, reason, agent=agent, rule=rule, alert=True)
+    if halt is not None:
+        _deliver(store, halt)
+    return halt
 
 
 def _span(seconds: float) -> str:
@@ -143,7 +154,16 @@ def _span(seconds: float) -> str:
 
 def trip(store: Store, reason: str, *, agent: str = "", rule: Rule | None = None, alert: bool = True) -> Halt | None:
     """Halt the pipeline; returns the halt if this call created it (None if it was already halted)."""
-    from ._alerts import create_alert, deliver
+    with guarded(_breaker_lock(store)):
+        halt = _publish_halt(store, reason, agent=agent, rule=rule, alert=alert)
+    if halt is not None and alert:
+        _deliver(store, halt)
+    return halt
+
+
+def _publish_halt(store: Store, reason: str, *, agent: str, rule: Rule | None, alert: bool) -> Halt | None:
+    """Write the alert (if any), then ``link()`` halt.json; the halt if this call created it. Under the lock."""
+    from ._alerts import create_alert
 
     owner = current_owner()
     halt = Halt(os.urandom(8).hex(), store.clock.now(), reason, agent, rule, owner.pid, owner.host)
@@ -174,9 +194,14 @@ def trip(store: Store, reason: str, *, agent: str = "", rule: Rule | None = None
                 unlink_quietly(os.path.join(store.layout.sub("alerts"), f"{alert_id}.json"))
             return None
         log_event(store, "halted", halt=halt.id, reason=reason, agent=agent)
-    if made_alert:
-        deliver(store, alert_id)
     return halt
+
+
+def _deliver(store: Store, halt: Halt) -> None:
+    from ._alerts import deliver
+
+    if store.config.alerts.configured:
+        deliver(store, f"halt-{halt.id}")
 
 
 def resume(store: Store) -> Halt | None:
@@ -186,13 +211,13 @@ def resume(store: Store) -> Halt | None:
     if halt is None:
         return None
     history = os.path.join(store.layout.sub("breaker"), f"halt-{halt.id}-{int(store.clock.now())}.json")
-    with storage_errors("resume the pipeline in", path):
+    with storage_errors("resume the pipeline in", path), guarded(_breaker_lock(store)):
         try:
             os.rename(path, history)
         except FileNotFoundError:
             return None
         for name in os.listdir(store.layout.sub("breaker")):
-            if name.endswith(".window"):
+            if name.endswith(".window"):  # under the lock: no output is being counted meanwhile
                 unlink_quietly(os.path.join(store.layout.sub("breaker"), name))
     log_event(store, "resumed", halt=halt.id, reason=halt.reason)
     return halt

@@ -22,6 +22,11 @@ class Rule:
     max_outputs: int
     window: float
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_outputs, bool) or not isinstance(self.max_outputs, int) or self.max_outputs < 1:
+            raise ConfigError(f"breaker rule max_outputs must be an integer >= 1, got {self.max_outputs!r}")
+        _positive("breaker rule window", self.window)
+
 
 @dataclass(frozen=True)
 class Alerts:
@@ -32,6 +37,10 @@ class Alerts:
     sendmail: str | None = None
     heartbeat_down: bool = False
     """Also alert, once per episode, when an agent's heartbeat goes ``down`` (the watchdog sends it)."""
+
+    def __post_init__(self) -> None:
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"alerts.webhook must be an http:// or https:// URL, got {self.webhook!r}")
 
     @property
     def configured(self) -> bool:
