@@ -4,7 +4,9 @@ It builds a fresh farm in ``./demo-farm`` (or ``$FSQUEUE_DEMO_DIR``), enqueues a
 several ``fsqueue run`` agents in parallel, ``kill -9``s one of them while it is provably mid-task, shows
 the dead owner in ``fsqueue locks``, recovers the task with ``fsqueue clear --dead``, kills a second agent
 and lets one watchdog sweep (``fsqueue watchdog --once``) recover its task, lets the agents drain the
-queue the way cron would relaunch them, and ends with ``fsqueue status``.
+queue the way cron would relaunch them, and shows ``fsqueue status``. A last act ``kill -9``s an upstream
+agent that beats every second and shows its downstream agent switching to degraded standalone mode
+(``fsqueue check`` exits 6, ``fsqueue agents`` shows the writer ``degraded``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsqueue import Queue
+from fsqueue import Queue, load_config
 
 HERE = Path(__file__).resolve().parent
 FARM = Path(os.environ.get("FSQUEUE_DEMO_DIR") or HERE.parent / "demo-farm").resolve()
@@ -42,6 +45,9 @@ max_attempts: 5
 retry:
   base: 0.2s
   max: 1s
+# A short grace, so that the scraper, which promises a beat every second, is stale 1.5 s after its last one.
+heartbeats:
+  grace: 0.5s
 """
 
 TASK = """\
@@ -64,6 +70,43 @@ case "$payload" in
     fi ;;
 esac
 printf '{"n": %s, "square": %s, "by": "%s", "attempt": %s}\\n' "$n" "$((n * n))" "$FSQUEUE_AGENT" "$FSQUEUE_ATTEMPT"
+"""
+
+SCRAPER = """\
+\"\"\"The demo's upstream agent: publish a feed, then beat every second (from the heartbeat thread) until killed.\"\"\"
+
+import json
+import os
+import threading
+import time
+
+from fsqueue import Queue, load_config
+
+queue = Queue(os.environ["FSQUEUE_ROOT"], config=load_config(os.environ["FSQUEUE_CONFIG"]))
+with queue.heartbeat("scraper", interval=1.0, message="watching the feeds"):
+    feed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "feed.json")
+    with open(feed + ".tmp", "w", encoding="utf-8") as out:
+        json.dump({"at": time.time(), "headlines": ["fsqueue survives kill -9"]}, out)
+    os.replace(feed + ".tmp", feed)
+    print("beating", flush=True)  # the first beat and the feed are on disk: the demo may go on
+    threading.Event().wait()  # nothing else to do; the heartbeat thread beats until kill -9 ends the process
+"""
+
+WRITER = """\
+#!/bin/sh
+# The demo's downstream agent: a digest from the scraper's fresh feed while the scraper beats, and from
+# the last good feed it kept when the scraper's heartbeat is stale (degraded standalone mode).
+here=$(dirname "$0")
+if fsqueue check scraper; then
+    cp "$here/feed.json" "$here/last-good-feed.json"
+    fsqueue beat writer --state ok --message "digest from the fresh feed"
+    echo "writer: fsqueue check scraper exited 0: full mode, digest from the fresh feed"
+else
+    status=$?
+    [ "$status" -eq 6 ] || exit "$status"  # 6 is "stale"; anything else is an error, not a dead upstream
+    fsqueue beat writer --state degraded --message "scraper is stale; digest from the last good feed"
+    echo "writer: fsqueue check scraper exited $status: degraded mode, digest from the last good feed"
+fi
 """
 
 
@@ -102,6 +145,14 @@ def fresh_farm() -> None:
     (FARM / "task.sh").chmod(0o755)
     os.mkfifo(FARM / "slow-started.fifo")
     os.mkfifo(FARM / "slow-release.fifo")
+    (FARM / "scraper.py").write_text(SCRAPER, encoding="utf-8")
+    (FARM / "writer.sh").write_text(WRITER, encoding="utf-8")
+    (FARM / "writer.sh").chmod(0o755)
+    # writer.sh calls `fsqueue` by name: give it the CLI of the Python that runs this demo.
+    (FARM / "bin").mkdir()
+    shim = FARM / "bin" / "fsqueue"
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m fsqueue "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
 
 
 def enqueue_tasks() -> int:
@@ -237,6 +288,49 @@ def recover_by_watchdog(agents: dict[str, subprocess.Popen[bytes]], victim: str)
     show(sweep.stderr.strip() or "(the watchdog logged nothing)")
 
 
+def run_writer() -> None:
+    """Run writer.sh once, as its cron line would, and show what it printed."""
+    agent_env = dict(env(), PATH=f"{FARM / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+    proc = subprocess.run([str(FARM / "writer.sh")], env=agent_env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"demo: writer.sh exited {proc.returncode}: {proc.stderr.strip()}")
+    show(proc.stdout + proc.stderr)
+
+
+def degraded_mode(start: float) -> None:
+    """Kill an upstream agent that beats, and show its downstream switching to degraded standalone mode."""
+    say('degraded mode: "scraper" beats every second (queue.heartbeat, interval 1 s); "writer" uses its feed')
+    scraper = subprocess.Popen([sys.executable, str(FARM / "scraper.py")], env=env(), stdout=subprocess.PIPE)
+    STARTED.append(scraper)
+    assert scraper.stdout is not None
+    ready, _, _ = select.select([scraper.stdout], [], [], max(1.0, start + DEADLINE - time.monotonic()))
+    if not ready or scraper.stdout.readline() != b"beating\n":
+        sys.exit("demo: the scraper never started beating")
+    say("writer.sh while the scraper beats: `if fsqueue check scraper; then ... else ... fi`")
+    run_writer()
+
+    queue = Queue(ROOT, config=load_config(str(FARM / "fsqueue.yaml")))
+    say(f"kill -9 scraper (pid {scraper.pid}): nobody tells the writer, but the scraper's beats stop")
+    scraper.kill()
+    scraper.wait()
+    last = queue.last_beat("scraper")
+    if last is None:
+        sys.exit("demo: the scraper left no heartbeat")
+    # A dead process does not beat, so this heartbeat is final: it turns stale once it is older than its
+    # interval plus the grace. Wait for that moment (under 2 s away), plus a margin so the age exceeds it.
+    stale_at = last.at + last.interval + queue.config.heartbeat_grace
+    time.sleep(min(2.0, max(0.0, stale_at - time.time())) + 0.1)
+    say("writer.sh again, 1.5 s after the last beat: it does not hang waiting for a feed that is not coming")
+    run_writer()
+    say("fsqueue agents: fsqueue run beat for agent-N; the scraper is late, its process gone; the writer is degraded")
+    show(fsq("agents"))
+    say("fsqueue watchdog --once notices the silence too")
+    sweep = subprocess.run([*FSQ, "watchdog", "--once"], env=env(), capture_output=True, text=True, check=False)
+    if sweep.returncode != 0:
+        sys.exit(f"demo: the watchdog sweep failed: {sweep.stderr.strip()}")
+    show(sweep.stderr.strip() or "(the watchdog logged nothing)")
+
+
 def farm() -> None:
     start = time.monotonic()
     say(f"fresh farm in {FARM}")
@@ -284,6 +378,9 @@ def farm() -> None:
     say(f"{counts['done']}/{total} tasks done, {counts['dead']} dead, in {time.monotonic() - start:.1f}s")
     if not ok:
         sys.exit("demo: the farm did not end with every task done")
+
+    degraded_mode(start)
+    say(f"demo finished in {time.monotonic() - start:.1f}s")
 
 
 if __name__ == "__main__":

@@ -69,9 +69,17 @@ def pending_alerts(store: Store) -> list[str]:
     return sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
 
 
-def deliver(store: Store, alert_id: str) -> dict[str, str] | None:
-    """Try every transport not yet sent; returns their states, or None if another deliverer is busy."""
-    with guarded(store.layout.guard(f"alert:{alert_id}"), blocking=False) as held:
+def alert_lock(store: Store, alert_id: str) -> str:
+    """The alert's own flock file: never a task guard shard, so slow transports never block a task."""
+    return os.path.join(store.layout.staging, f"alert-{alert_id}.lock")
+
+
+def deliver(store: Store, alert_id: str, *, due_only: bool = False) -> dict[str, str] | None:
+    """Try every transport not yet sent; returns their states, or None if another deliverer is busy.
+
+    ``due_only`` (the watchdog's retries) skips an alert whose back-off after a failure has not passed.
+    """
+    with guarded(alert_lock(store, alert_id), blocking=False) as held:
         if not held:
             return None
         path = _path(store, alert_id)
@@ -86,6 +94,8 @@ def deliver(store: Store, alert_id: str) -> dict[str, str] | None:
         if record.get("type") == "halt" and _orphan(store, record):
             os.unlink(path)  # its process lost the race to halt (or died before): no halt, no alert
             return {}
+        if due_only and float(record.get("next_try", 0)) > store.clock.now():
+            return None
         for name, state in list(states.items()):
             if state == "sending":
                 states[name] = "unknown"  # its deliverer died mid-send: it may have gone out; never resend
@@ -98,6 +108,11 @@ def deliver(store: Store, alert_id: str) -> dict[str, str] | None:
             states[name] = "sent" if error is None else "failed"
             if error is not None:
                 record.setdefault("errors", {})[name] = error
+                failures = int(record.get("failures", 0)) + 1
+                record["failures"] = failures
+                # The next sweep retries at once; later failures back off (30 s, 60 s, ... up to an hour).
+                delay = 0.0 if failures == 1 else min(3600.0, 30.0 * 2 ** (failures - 2))
+                record["next_try"] = store.clock.now() + delay
             _save(store, path, record, states)
         if all(state in ("sent", "unknown") for state in states.values()):
             sent_dir = os.path.join(store.layout.sub("alerts"), "sent")
@@ -106,6 +121,10 @@ def deliver(store: Store, alert_id: str) -> dict[str, str] | None:
             except FileExistsError:
                 pass
             os.replace(path, os.path.join(sent_dir, f"{alert_id}.json"))
+            try:
+                os.unlink(alert_lock(store, alert_id))  # a later deliverer finds no record and stops
+            except OSError:
+                pass
         return states
 
 

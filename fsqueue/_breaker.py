@@ -145,6 +145,16 @@ def record_output(store: Store, agent: str, count: int = 1) -> Halt | None:
     return halt
 
 
+def count_committed_output(store: Store, agent: str) -> None:
+    """Count a completion; the task is already done, so a counting failure is a warning, not an error."""
+    try:
+        record_output(store, agent)
+    except OSError as exc:
+        import warnings
+
+        warnings.warn(f"fsqueue: output of agent {agent} not counted by the circuit breaker: {exc}", stacklevel=3)
+
+
 def _span(seconds: float) -> str:
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -163,12 +173,13 @@ def trip(store: Store, reason: str, *, agent: str = "", rule: Rule | None = None
 
 def _publish_halt(store: Store, reason: str, *, agent: str, rule: Rule | None, alert: bool) -> Halt | None:
     """Write the alert (if any), then ``link()`` halt.json; the halt if this call created it. Under the lock."""
-    from ._alerts import create_alert
+    from ._alerts import alert_lock, create_alert
 
     owner = current_owner()
     halt = Halt(os.urandom(8).hex(), store.clock.now(), reason, agent, rule, owner.pid, owner.host)
     alert_id = f"halt-{halt.id}"
-    with guarded(store.layout.guard(f"alert:{alert_id}")):
+    lock = alert_lock(store, alert_id)
+    with guarded(lock):
         # The alert is written before the halt and delivered by its creator only: whoever wins the
         # link() of halt.json is the one process that alerts (P8). Holding the alert's guard keeps
         # the watchdog from judging the alert an orphan before the halt exists.
@@ -192,6 +203,7 @@ def _publish_halt(store: Store, reason: str, *, agent: str, rule: Rule | None, a
         except FileExistsError:
             if made_alert:
                 unlink_quietly(os.path.join(store.layout.sub("alerts"), f"{alert_id}.json"))
+            unlink_quietly(lock)  # this halt id was never published: nobody else will ever use its lock
             return None
         log_event(store, "halted", halt=halt.id, reason=reason, agent=agent)
     return halt

@@ -76,9 +76,9 @@ class Claim:
 
         check_json(result, "result")
         self._end(lambda: transitions.complete(self._store, self.id, self.token, result, self.agent))
-        from ._breaker import record_output
+        from ._breaker import count_committed_output
 
-        record_output(self._store, self.agent)
+        count_committed_output(self._store, self.agent)
 
     def fail(self, error: str, *, retry: bool = True) -> str:
         """Record a failed attempt; returns ``"pending"`` (retried later) or ``"dead"``."""
@@ -105,8 +105,9 @@ class Claim:
 
     def start_renewing(self, interval: float | None = None) -> None:
         """Renew from a daemon thread every ``interval`` seconds (default: a third of the ttl)."""
-        if self._renewer is not None:
+        if self._renewer is not None and self._renewer.is_alive():
             return
+        self._stop = threading.Event()  # a fresh one: stop_renewing() may have set the last
         period = interval or self.ttl / 3
 
         def loop() -> None:
@@ -125,6 +126,7 @@ class Claim:
         self._stop.set()
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
+            self._renewer = None
 
     def __enter__(self) -> Claim:
         if self._auto_renew:

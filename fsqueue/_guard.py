@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,12 +21,16 @@ from ._fsio import storage_error
 
 
 def _open_guard(path: str) -> int:
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        return os.open(path, flags, 0o640)
+        fd = os.open(path, flags, 0o640)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR):
             raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)  # a FIFO, socket or device planted at a guard: never wait on it
     # A symlink planted at a guard: never follow it (flock on its target would guard nothing we
     # own). Guards are empty files, so move the link aside and create the real one.
     quarantine = os.path.join(os.path.dirname(os.path.dirname(path)), "quarantine")

@@ -39,7 +39,11 @@ def entry_for(priority: int, ready_at: float, task_id: str) -> str:
 
 def parse_entry_name(name: str) -> tuple[float, str] | None:
     """``(ready_at, task_id)`` from a marker's file name, or None when it is not one."""
-    if len(name) <= _WHEN_DIGITS + 1 or name[_WHEN_DIGITS] != "-" or not name[:_WHEN_DIGITS].isdigit():
+    if (
+        len(name) <= _WHEN_DIGITS + 1
+        or name[_WHEN_DIGITS] != "-"
+        or not (name[:_WHEN_DIGITS].isascii() and name[:_WHEN_DIGITS].isdigit())
+    ):
         return None
     return int(name[:_WHEN_DIGITS]) / 1_000_000, name[_WHEN_DIGITS + 1 :]
 
@@ -154,7 +158,10 @@ def _walk(path: str, rel: str, prefix: str, level: int, limit: int | None) -> It
                 return
             yield f"{rel}/{name}", parsed[0], parsed[1]
         return
+    width = _SPLITS[level] - (_SPLITS[level - 1] if level else 0)
     for bucket in _sorted_dirs(path):
+        if len(bucket) != width or not (bucket.isascii() and bucket.isdigit()):
+            continue  # not a bucket fsqueue made (lost+found, a stray directory): never part of the index
         digits = prefix + bucket
         if limit is not None and int(digits.ljust(_WHEN_DIGITS, "0")) > limit:
             return

@@ -9,7 +9,7 @@ from itertools import islice
 from typing import Any, Final, Literal
 
 from . import _transitions as transitions
-from ._breaker import Halt, check_running, read_halt, record_output, resume, trip
+from ._breaker import Halt, check_running, count_committed_output, read_halt, record_output, resume, trip
 from ._claim import Claim
 from ._degraded import Mode, upstream
 from ._errors import InvalidPayload, InvalidTaskId, StorageError, TaskExists
@@ -24,6 +24,11 @@ from ._record import Event, TaskRecord, encode_task
 
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 MAX_AGENT_LENGTH: Final = 128
+#: Records nest the payload a few levels deep and must parse back: keep far below the parser's limit.
+MAX_JSON_DEPTH: Final = 200
+#: Upper bounds that keep every number a record stores within what its reader accepts.
+MAX_SECONDS: Final = 100 * 365 * 86400.0
+MAX_ATTEMPTS: Final = 1_000_000
 #: Claimers try the head of the queue first, then spread over this many next candidates, so 145 workers
 #: do not all collide on one name (python-dirq's collapse at high concurrency).
 _SPREAD: Final = 32
@@ -31,13 +36,30 @@ _SPREAD: Final = 32
 
 def check_json(value: Any, what: str) -> bytes:
     """Encode ``value`` as JSON or raise InvalidPayload naming what was wrong."""
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidPayload(
+            f"{what} is not JSON-serializable: nested more than {MAX_JSON_DEPTH} levels deep (or circular)"
+        )
     try:
         data = json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"{what} is not JSON-serializable: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"{what} is not JSON-serializable: {type(exc).__name__}: {exc}") from None
     if len(data) > MAX_PAYLOAD_BYTES:
         raise InvalidPayload(f"{what} is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     return data
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists and dicts, without recursion (a hostile payload cannot blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def check_agent(agent: str) -> str:
@@ -76,9 +98,11 @@ class Queue(Inspection):
             raise InvalidPayload(f"priority must be an integer in [{MIN_PRIORITY}, {MAX_PRIORITY}], got {priority!r}")
         _check_number("delay", delay, minimum=0, allow_none=False)
         _check_number("ttl", ttl, minimum=0.001)
+        if delay > MAX_SECONDS or (ttl is not None and ttl > MAX_SECONDS):
+            raise InvalidPayload(f"delay and ttl must be at most {MAX_SECONDS:.0f} seconds (100 years)")
         attempts = self.config.max_attempts if max_attempts is None else max_attempts
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise InvalidPayload(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= MAX_ATTEMPTS:
+            raise InvalidPayload(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {max_attempts!r}")
         now = self.clock.now()
         rel = entry_for(priority, now + delay, task_id)
         task = TaskRecord(
@@ -148,6 +172,8 @@ class Queue(Inspection):
         """
         check_agent(agent)
         _check_number("ttl", ttl, minimum=0.001)
+        if ttl is not None and ttl > MAX_SECONDS:
+            raise InvalidPayload(f"ttl must be at most {MAX_SECONDS:.0f} seconds (100 years)")
         check_running(self)
         owner, mode = self._owner(owner_pid, lease_only)
         for blocking in (False, True):
@@ -157,7 +183,10 @@ class Queue(Inspection):
                     try:
                         validate_task_id(task_id)
                     except InvalidTaskId:
-                        self.quarantine(f"{self.layout.ready}/{rel}", "index marker with an invalid task id")
+                        try:
+                            self.quarantine(f"{self.layout.ready}/{rel}", "index marker with an invalid task id")
+                        except OSError:
+                            remove_entry(self.layout.ready, rel)  # cannot move it aside: just drop the marker
                         continue
                     try:
                         got = transitions.try_claim(
@@ -224,7 +253,7 @@ class Queue(Inspection):
         validate_task_id(task_id)
         check_json(result, "result")
         credited = transitions.complete(self, task_id, token, result, agent)
-        record_output(self, credited)
+        count_committed_output(self, credited)
 
     def fail(self, task_id: str, token: str, error: str, *, retry: bool = True, agent: str = "") -> str:
         """Record a failed attempt by id and token (fenced); returns "pending" or "dead"."""

@@ -166,6 +166,8 @@ def load_record(data: bytes, path: str, kind: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CorruptRecord(f"{path} holds JSON that is not an object", path=path)
     fmt = obj.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith("fsqueue/"):
+        raise CorruptRecord(f"{path} has no valid 'format' field ({fmt!r}); it is not an fsqueue record", path=path)
     if fmt != FORMAT:
         raise ForeignFormat(f"{path} has format {fmt!r}; this fsqueue reads {FORMAT!r}", path=path)
     if obj.get("kind") != kind:

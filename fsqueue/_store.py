@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import stat
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
@@ -87,14 +88,17 @@ class Store:
 
         ``copy`` hard-links it there instead and leaves ``path`` in place (the caller removes it later).
         """
-        name = f"{self.clock.now():.6f}-{os.path.basename(path)}"
+        # Cut long names so "<prefix>-<name>.why" still fits NAME_MAX (255 bytes).
+        name = f"{self.clock.now():.6f}-{os.path.basename(path)[:200]}"
         if copy:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
                 return None
+            copy = stat.S_ISREG(st.st_mode)  # a directory or device cannot be hard-linked: move it instead
             # Named by inode and mtime so a retried break after a crash finds its earlier copy.
-            name = f"{st.st_ino}-{st.st_mtime_ns}-{os.path.basename(path)}"
+            if copy:
+                name = f"{st.st_ino}-{st.st_mtime_ns}-{os.path.basename(path)[:200]}"
         dest = os.path.join(self.layout.quarantine, name)
         try:
             if copy:

@@ -215,6 +215,8 @@ def complete(store: Store, task_id: str, token: str, result: object, agent: str)
     layout = store.layout
     with guarded(layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
+        if _finish_committed(store, task_id, token, st, lock):
+            return agent or lock.agent  # this claim committed before a crash: the retry is a no-op
         task = store.read_task(task_id)
         if task is None:
             raise CorruptRecord(
@@ -235,6 +237,22 @@ def complete(store: Store, task_id: str, token: str, result: object, agent: str)
         return agent or lock.agent
 
 
+def _finish_committed(store: Store, task_id: str, token: str, st: os.stat_result, lock: LockRecord) -> bool:
+    """A final record already exists beside this claim's lock (a crash after the commit point): clean up.
+
+    True when it is this claim's own done record; a final record of anything else means the lease is gone.
+    """
+    state = store.finished_state(task_id)
+    if state is None:
+        return False
+    final = store.read_final(task_id, state)
+    unlink_quietly(store.layout.record(task_id))
+    _unlink_lock_if_same(store, task_id, st, lock)
+    if state == "done" and final is not None and final.token == token:
+        return True
+    raise LeaseLost(f"task {task_id} is already {state}; nothing was written", task_id=task_id)
+
+
 def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: LockRecord | None = None) -> None:
     path = store.layout.lock(task_id)
     try:
@@ -253,6 +271,8 @@ def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, age
     """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
     with guarded(store.layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
+        if _finish_committed(store, task_id, token, st, lock):
+            raise LeaseLost(f"task {task_id} was already completed by this claim", task_id=task_id)
         task = store.read_task(task_id)
         if task is None:
             raise CorruptRecord(

@@ -25,6 +25,7 @@ import pytest
 
 import fsqueue._alerts as alerts
 from fsqueue import Config, ConfigError, ManualClock, Queue, load_config
+from fsqueue._alerts import alert_lock
 from fsqueue._config import Alerts, Rule
 from fsqueue._guard import guarded
 from fsqueue_watchdog import ActionLog, Sweeper, WatchdogSettings
@@ -243,7 +244,7 @@ def test_alert_of_a_process_that_lost_the_halt_race_is_dropped_unsent(
     loser["fields"] = dict(winner["fields"], halt_id="0123456789abcdef")
     path = root / "alerts" / f"{loser['id']}.json"
     path.write_text(json.dumps(loser))
-    with guarded(queue.layout.guard(f"alert:{loser['id']}")):  # its creator is still between alert and halt
+    with guarded(alert_lock(queue, loser["id"])):  # its creator is still between alert and halt
         watchdog.sweep()
         assert path.exists()
     watchdog.sweep()

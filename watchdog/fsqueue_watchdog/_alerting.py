@@ -26,12 +26,21 @@ class Alerting:
     def run(self, report: SweepReport) -> None:
         self.watch_heartbeats(report)
         for alert_id in pending_alerts(self.queue):
-            states = deliver(self.queue, alert_id)
+            before = _states(self.queue, alert_id)
+            states = deliver(self.queue, alert_id, due_only=True)
             if not states:
-                continue  # another deliverer holds it, or it was an orphan
+                continue  # another deliverer holds it, its back-off has not passed, or it was an orphan
             report.repairs["alert-delivery"] += 1
+            errors = _errors(self.queue, alert_id)
             for transport, state in sorted(states.items()):
-                self.log.action("alert", id=alert_id, transport=transport, outcome=state)
+                if before.get(transport) != state or state == "failed":  # one line per attempt, none for old news
+                    self.log.action(
+                        "alert",
+                        id=alert_id,
+                        transport=transport,
+                        outcome=state,
+                        reason=errors.get(transport, "") if state == "failed" else "",
+                    )
 
     def watch_heartbeats(self, report: SweepReport) -> None:
         seen: dict[str, str] = {}
@@ -60,3 +69,26 @@ class Alerting:
                 ):
                     report.repairs["alert-created"] += 1
         self.verdicts = seen
+
+
+def _record(queue: Queue, alert_id: str) -> dict[str, object]:
+    import json
+    import os
+
+    from fsqueue._fsio import read_nofollow
+
+    try:
+        data = json.loads(read_nofollow(os.path.join(queue.layout.sub("alerts"), f"{alert_id}.json"))[0])
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _states(queue: Queue, alert_id: str) -> dict[str, str]:
+    states = _record(queue, alert_id).get("transports")
+    return {str(k): str(v) for k, v in states.items()} if isinstance(states, dict) else {}
+
+
+def _errors(queue: Queue, alert_id: str) -> dict[str, str]:
+    errors = _record(queue, alert_id).get("errors")
+    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}

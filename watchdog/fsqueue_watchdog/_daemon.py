@@ -152,6 +152,9 @@ def hold_singleton(root: str, *, wait: bool) -> Any:
     """Take the one-watchdog-per-root lock (filelock's flock); raise AlreadyRunning if held."""
     from filelock import FileLock, Timeout
 
+    from fsqueue._layout import open_root
+
+    open_root(root)  # a missing root, or one that is not a queue, is a clear error before any lock file
     path = os.path.join(os.path.abspath(root), "watchdog.lock")
     pid_path = os.path.join(os.path.abspath(root), "watchdog.pid")
     lock = FileLock(path, timeout=-1 if wait else 0)
@@ -164,10 +167,11 @@ def hold_singleton(root: str, *, wait: bool) -> Any:
             "stop it first, or pass --wait to take over when it exits",
             path=path,
         ) from None
-    tmp = f"{pid_path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(tmp, pid_path)
+    from fsqueue._fsio import publish_replace
+
+    # Staged in staging/ with O_EXCL|O_NOFOLLOW: a symlink planted in the root is never written through.
+    staging = os.path.join(os.path.abspath(root), "staging")
+    publish_replace(staging, f"{os.getpid()}\n".encode(), pid_path, durable=False)
     return lock
 
 

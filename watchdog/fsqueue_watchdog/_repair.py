@@ -16,6 +16,7 @@ from fsqueue._fsio import exists_nofollow, unlink_quietly
 from fsqueue._guard import guarded
 from fsqueue._ids import validate_task_id
 from fsqueue._index import add_entry, iter_all, iter_entries, priorities
+from fsqueue._record import ForeignFormat
 
 from ._log import ActionLog
 from ._settings import WatchdogSettings
@@ -61,11 +62,13 @@ class Repairer:
         staging = self.queue.layout.staging
         for entry in _scandir(staging):
             try:
+                if entry.is_dir(follow_symlinks=False):
+                    continue  # fsqueue stages files only; a stray directory is not ours to remove
                 age = now - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
+            except OSError:
                 continue
             # Lock files are staged with their lease expiry as mtime (in the future): never "old".
-            if age > self.settings.staging_max_age and unlink_quietly(entry.path):
+            if age > self.settings.staging_max_age and _unlink_or_none(entry.path):
                 report.repairs["staging"] += 1
                 self.log.action("repair", path=entry.path, reason=f"staging file older than {age:.0f}s removed")
 
@@ -110,6 +113,8 @@ class Repairer:
             return
         try:
             task = self.queue.read_task(task_id)
+        except ForeignFormat:
+            return  # a newer fsqueue's record: not garbage, not ours to judge
         except CorruptRecord as exc:
             self.queue.quarantine(layout.record(task_id), str(exc))
             report.repairs["quarantined"] += 1
@@ -138,7 +143,14 @@ class Repairer:
                 validate_task_id(task_id)
             except ValueError:
                 continue
+            seen = entry.stat(follow_symlinks=False)
             with guarded(self.queue.layout.guard(task_id)):  # a requeue of this dead letter may be running
+                try:
+                    now_st = os.lstat(entry.path)
+                except FileNotFoundError:
+                    continue  # requeued (or removed) since the scan: nothing to prune
+                if (now_st.st_ino, now_st.st_mtime_ns) != (seen.st_ino, seen.st_mtime_ns):
+                    continue  # a newer final record took its place
                 # A leftover record would turn pending again once its done/dead record is gone.
                 unlink_quietly(self.queue.layout.record(task_id))
                 removed = unlink_quietly(entry.path)
@@ -153,6 +165,13 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
             return list(entries)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _unlink_or_none(path: str) -> bool:
+    try:
+        return unlink_quietly(path)
+    except OSError:
+        return False
 
 
 def _iter_ids(directory: str, suffix: str) -> Iterator[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +78,12 @@ class Sweeper:
         started = time.monotonic()
         now = self.queue.clock.now() if now is None else now
         report = SweepReport(at=now)
-        self._owners_pass(report)
-        self._locks_pass(report, now)
-        self.repairer.run(report, now, force=self._first)
-        self.alerting.run(report)
+        # Each pass is isolated: one hostile entry must not stop the others (nor, by crashing the daemon
+        # every sweep, keep expired leases from ever being broken).
+        self._guarded_pass("owners", lambda: self._owners_pass(report))
+        self._guarded_pass("locks", lambda: self._locks_pass(report, now))
+        self._guarded_pass("repair", lambda: self.repairer.run(report, now, force=self._first))
+        self._guarded_pass("alerts", lambda: self.alerting.run(report))
         self._first = False
         if self.persist:
             try:
@@ -95,6 +97,12 @@ class Sweeper:
         report.duration = time.monotonic() - started
         self.breaks_total.update(report.breaks)
         return report
+
+    def _guarded_pass(self, name: str, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except Exception as exc:  # logged; the next sweep tries again
+            self.log.action("error", reason=f"{name} pass failed: {type(exc).__name__}: {exc}")
 
     # -- owners: judge each process once, break the locks of the dead ones ----------------------------
 
@@ -119,9 +127,12 @@ class Sweeper:
                 report.locks_by_owner[state] += links
 
     def _owner(self, key: str, path: str) -> Owner | None:
-        if key not in self._owners:
-            self._owners[key] = _read_owner(os.path.join(path, "owner.json"))
-        return self._owners[key]
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = _read_owner(os.path.join(path, "owner.json"))
+            if owner is not None:  # never remember "unreadable": owner.json may be published a moment later
+                self._owners[key] = owner
+        return owner
 
     def _forget_owner(self, key: str, path: str) -> None:
         # A dead owner creates no new links, so an empty dead owner's directory can go.
@@ -240,9 +251,10 @@ def _lock_fields(task_id: str, lock: LockRecord | None) -> dict[str, Any]:
 def _read_owner(path: str) -> Owner | None:
     import json
 
+    from fsqueue._fsio import read_nofollow
+
     try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read(65536))
+        data = json.loads(read_nofollow(path)[0])
         return Owner(
             str(data["host"]),
             str(data["machine_id"]),
