@@ -98,12 +98,14 @@ def check(ctx: Context, agent: str, max_age: float | None) -> None:
 def output(ctx: Context, agent: str, count: int) -> None:
     """Count outputs of AGENT made outside the queue (a post, an email) for the circuit breaker.
 
-    Exits 4 when this output tripped the breaker (the alert has been sent).
+    Exits 4 when the pipeline is halted (by this output, which then sent the alert, or before).
     """
     with _errors(ctx.debug):
-        halt = ctx.queue().record_output(agent, count)
+        queue = ctx.queue()
+        halt = queue.record_output(agent, count) or queue.halted()
     if halt is not None:
-        click.echo(f"fsqueue: pipeline halted: {halt.reason}", err=True)
+        # The output happened and is counted; exit 4 tells the agent to stop producing more.
+        click.echo(f"fsqueue: pipeline halted {halt.describe()}", err=True)
         sys.exit(4)
 
 

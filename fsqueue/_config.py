@@ -85,7 +85,10 @@ class Config:
     def __post_init__(self) -> None:
         _positive("ttl", self.ttl)
         _positive("heartbeats.interval", self.heartbeat_interval)
-        _positive("heartbeats.down_after", self.heartbeat_down_after)
+        if not (isinstance(self.heartbeat_down_after, int | float) and 1 <= self.heartbeat_down_after < 1e6):
+            raise ConfigError(
+                f"heartbeats.down_after must be a number of intervals >= 1, got {self.heartbeat_down_after!r}"
+            )
         if (
             isinstance(self.heartbeat_grace, bool)
             or not isinstance(self.heartbeat_grace, int | float)

@@ -99,7 +99,7 @@ def write_beat(
     """Publish ``agent``'s heartbeat now (atomically replacing the previous one)."""
     check_agent_name(agent)
     every = store.config.heartbeat_interval if interval is None else interval
-    if not every > 0:
+    if isinstance(every, bool) or not isinstance(every, int | float) or not 0 < every < 10**9:
         raise InvalidPayload(f"heartbeat interval must be positive, got {interval!r}")
     hb = HeartbeatRecord(
         agent, store.clock.now(), float(every), state[:80] or "ok", message[:MAX_MESSAGE], owner or current_owner()

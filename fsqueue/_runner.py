@@ -170,6 +170,9 @@ def run_one(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            # Its own process group: a timeout, a lost lease or a forwarded signal reaches the command's
+            # children too (a `sh -c 'x &'` must not leave x running while the task is retried).
+            start_new_session=True,
             preexec_fn=functools.partial(_die_with_parent, os.getpid(), _prctl()),  # noqa: PLW1509  # it calls prctl only: no lock a thread could hold
         )
     except OSError as exc:
@@ -285,7 +288,7 @@ def _supervise(
         if beater is not None:
             beater.beat()
         if signals.received is not None and not forwarded:
-            proc.send_signal(signals.received)
+            _signal_group(proc, signals.received)
             forwarded = True
         if deadline is not None and now >= deadline:
             _stop(proc)
@@ -302,12 +305,21 @@ def _supervise(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+    _signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=KILL_GRACE)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
+    _signal_group(proc, signal.SIGKILL)  # whatever the command left behind in its group
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the command's whole process group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
 
 
 class _ChildIO:

@@ -535,3 +535,20 @@ def test_oversized_stdout_settles_the_task_and_run_goes_on(
     assert queue.locks() == []
     assert queue.task(big).state != "running"
     assert queue.task(small).state == "done"
+
+
+def test_timeout_also_kills_the_commands_background_children(
+    fsqueue_cmd: list[str], cli_env: dict[str, str], initialized: Path, tmp_path: Path
+) -> None:
+    """A timed-out command's background child dies with it (the command runs in its own process group)."""
+    enqueue(initialized)
+    pid_file = tmp_path / "child.pid"
+    command = ["sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait $!"]
+    proc = run(run_argv(fsqueue_cmd, "--timeout", "0.5", command=command), cli_env)
+    assert proc.returncode == 1 and "timed out" in proc.stderr
+    child = int(pid_file.read_text())
+    try:
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("Z", "X", "gone"), f"background child {child} still running (state {state})"
