@@ -102,6 +102,8 @@ def _read_json_arg(value: str | None, what: str) -> Any:
     text = sys.stdin.read() if value == "-" else value
     try:
         return json.loads(text)
+    except RecursionError:
+        raise InvalidPayload(f"{what} is not JSON-serializable: nested too deep to parse") from None
     except ValueError as exc:
         raise InvalidPayload(f'{what} is not valid JSON ({exc}); quote it, e.g. \'{{"url": "..."}}\'') from None
 

@@ -1,0 +1,297 @@
+"""Entries planted in the queue root by any member of its group: nothing hangs, crashes or wedges.
+
+A FIFO, a stray directory or an over-long name where fsqueue expects one of its own files must never
+block an open, stop a claim, or crash a sweep: the queue keeps serving tasks and the watchdog keeps
+breaking expired leases. Operations that could block run in a thread joined with a timeout, so a
+regression fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fsqueue import Claim, ManualClock, Queue
+from fsqueue._layout import guard_shard
+from fsqueue_watchdog import ActionLog, AlreadyRunning, Sweeper, WatchdogSettings, hold_singleton
+
+T = TypeVar("T")
+
+#: Seconds any single operation may take before the test calls it hung.
+TIMEOUT = 5.0
+
+
+def finishes(action: Callable[[], T], *, unblock: Callable[[], None] | None = None) -> T:
+    """Run ``action`` in a thread; its result, or a test failure if it is still running after TIMEOUT."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(action())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    if thread.is_alive():
+        if unblock is not None:
+            unblock()  # let the stuck thread go, so it does not outlive the test blocked in a syscall
+        pytest.fail(f"still blocked after {TIMEOUT}s")
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def open_writer(fifo: str) -> None:
+    """Release a reader blocked opening ``fifo`` (a writer appears, then goes)."""
+    try:
+        os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def action_log() -> ActionLog:
+    return ActionLog("text", io.StringIO())
+
+
+def logged(log: ActionLog) -> str:
+    assert isinstance(log.stream, io.StringIO)
+    return log.stream.getvalue()
+
+
+def sweep_twice(queue: Queue, clock: ManualClock, log: ActionLog) -> dict[str, int]:
+    """Two sweeps a lease-length apart (the two-sweep rule); the breaks of the second."""
+    sweeper = Sweeper(queue, WatchdogSettings(), log, persist=False)
+    clock.advance(3600)
+    sweeper.sweep()
+    clock.advance(60)
+    return dict(sweeper.sweep().breaks)
+
+
+def same_shard(task_id: str) -> str:
+    """Another task id whose guard is the same shard file as ``task_id``'s."""
+    return next(f"t{i}" for i in range(100_000) if guard_shard(f"t{i}") == guard_shard(task_id))
+
+
+def claimed(queue: Queue, **options: Any) -> Claim:
+    claim = queue.claim("w", **options)
+    assert claim is not None
+    return claim
+
+
+# -- a FIFO planted at a task's guard -------------------------------------------------------------
+
+
+def _renew(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    return queue.renew(claim.id, claim.token) == clock.now() + claim.ttl
+
+
+def _complete(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    claim.complete("r")
+    return queue.task(claim.id).state == "done"
+
+
+def _fail(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    return claim.fail("boom") == "pending"
+
+
+def _clear(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    return queue.clear([claim.id], force=True) == [(claim.id, "requeued", "alive")]
+
+
+def _enqueue_same_shard(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    other = same_shard(claim.id)
+    return queue.enqueue(1, id=other) == other
+
+
+def _claim_same_shard(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    other = same_shard(claim.id)
+    queue.enqueue(2, id=other)
+    return claimed(queue).id == other
+
+
+def _sweep(queue: Queue, clock: ManualClock, claim: Claim) -> object:
+    return sweep_twice(queue, clock, action_log()) == {"expired": 1}
+
+
+GUARD_OPERATIONS = [_renew, _complete, _fail, _clear, _enqueue_same_shard, _claim_same_shard, _sweep]
+
+
+@pytest.mark.parametrize("operation", GUARD_OPERATIONS, ids=lambda op: op.__name__.strip("_"))
+def test_fifo_at_a_guard_never_blocks(
+    queue: Queue, clock: ManualClock, operation: Callable[[Queue, ManualClock, Claim], object]
+) -> None:
+    """A FIFO at guards/<xx> is moved aside: every transition on that shard finishes and succeeds."""
+    queue.enqueue("x", id="job-1")
+    claim = claimed(queue, ttl=60)
+    guard = queue.layout.guard("job-1")
+    os.unlink(guard)
+    os.mkfifo(guard)
+    assert finishes(lambda: operation(queue, clock, claim), unblock=lambda: open_writer(guard)) is True
+    assert stat.S_ISREG(os.lstat(guard).st_mode)
+
+
+# -- a FIFO planted as an owner record ------------------------------------------------------------
+
+
+def test_fifo_owner_record_never_blocks_the_sweep(queue: Queue, clock: ManualClock) -> None:
+    """A FIFO at owners/<key>/owner.json is unreadable, not a wait: the sweep still breaks expired leases."""
+    fifo = os.path.join(queue.layout.owners, "0" * 24, "owner.json")
+    os.mkdir(os.path.dirname(fifo))
+    os.mkfifo(fifo)
+    queue.enqueue("x", id="job-1")
+    claimed(queue, lease_only=True, ttl=10)
+    log = action_log()
+    assert finishes(lambda: sweep_twice(queue, clock, log), unblock=lambda: open_writer(fifo)) == {"expired": 1}
+    assert "pass failed" not in logged(log)
+    clock.advance(3600)  # past the retry back-off
+    assert claimed(queue).id == "job-1"
+
+
+# -- stray directories ----------------------------------------------------------------------------
+
+STRAY_READY_DIRS = [
+    "lost+found",
+    "0/lost+found",
+    "0/12",
+    "0/0000000",
+    "0/000000/tmp",
+    "0/000000/00/x",
+    "0/000000/00/00/lost+found",
+    "0/000000/00/00/00/dir",
+]
+
+
+@pytest.mark.parametrize("stray", STRAY_READY_DIRS)
+def test_stray_directory_in_ready_is_not_part_of_the_index(queue: Queue, clock: ManualClock, stray: str) -> None:
+    """A directory fsqueue did not make under ready/ is skipped: claims see the real tasks, not it."""
+    os.makedirs(os.path.join(queue.layout.ready, stray))
+    assert finishes(lambda: queue.claim("w")) is None
+    queue.enqueue("x", id="job-1")
+    assert finishes(lambda: claimed(queue)).id == "job-1"
+
+
+@pytest.mark.parametrize("stray", STRAY_READY_DIRS)
+def test_stray_directory_in_ready_never_stops_one_shot_watchdogs(queue: Queue, clock: ManualClock, stray: str) -> None:
+    """Watchdogs started once per sweep (cron) still break an expired lease beside a stray ready/ directory."""
+    queue.enqueue("x", id="job-1")
+    claimed(queue, lease_only=True, ttl=10)
+    os.makedirs(os.path.join(queue.layout.ready, stray))
+    log = action_log()
+    clock.advance(3600)
+    for _ in range(2):
+        finishes(Sweeper(queue, WatchdogSettings(), log).sweep)
+        clock.advance(60)
+    assert not os.path.lexists(queue.layout.lock("job-1"))
+    assert "pass failed" not in logged(log)
+    assert queue.task("job-1").state == "pending"
+
+
+def test_cli_claim_on_empty_queue_with_stray_ready_directory_exits_3(
+    queue: Queue, fsqueue_cmd: list[str], cli_env: dict[str, str]
+) -> None:
+    """`fsqueue claim` beside a stray ready/ directory reports "nothing to claim", not a traceback."""
+    os.makedirs(os.path.join(queue.layout.ready, "0", "lost+found"))
+    result = subprocess.run(
+        [*fsqueue_cmd, "claim", "--agent", "w"], env=cli_env, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stdout) == (3, "")
+    assert "Traceback" not in result.stderr
+
+
+def test_stray_directory_in_staging_is_left_alone(queue: Queue, clock: ManualClock) -> None:
+    """An old directory in staging/ is not removed, and the stale staging files beside it still are."""
+    staging = Path(queue.layout.staging)
+    stray, stale = staging / "old-dir", staging / "123-dead.tmp"
+    stray.mkdir()
+    stale.write_bytes(b"x")
+    for path in (stray, stale):
+        os.utime(path, (clock.now() - 7200, clock.now() - 7200))
+    log = action_log()
+    finishes(Sweeper(queue, WatchdogSettings(staging_max_age=3600), log, persist=False).sweep)
+    assert stray.is_dir() and not stale.exists()
+    assert "pass failed" not in logged(log)
+
+
+# -- a directory where a task's lock goes ---------------------------------------------------------
+
+
+def _break_by_sweeps(queue: Queue) -> list[dict[str, int]]:
+    sweeper = Sweeper(queue, WatchdogSettings(), action_log(), persist=False)
+    return [dict(sweeper.sweep().breaks) for _ in range(2)]
+
+
+def _break_by_clear(queue: Queue) -> object:
+    return queue.clear(["job-1"], force=True)
+
+
+@pytest.mark.parametrize(
+    ("breaker", "outcome"),
+    [(_break_by_sweeps, [{"corrupt": 1}, {}]), (_break_by_clear, [("job-1", "requeued", "corrupt")])],
+    ids=["watchdog", "clear"],
+)
+def test_directory_at_lock_path_is_broken_and_the_task_retried(
+    queue: Queue, clock: ManualClock, breaker: Callable[[Queue], object], outcome: object
+) -> None:
+    """A directory at tasks/<id>.lock blocks no claim, is judged corrupt, moved aside, and its task retried."""
+    queue.enqueue("x", id="job-1")
+    lock = queue.layout.lock("job-1")
+    os.mkdir(lock)
+    assert finishes(lambda: queue.claim("w")) is None
+    info = queue.lock_info("job-1")
+    assert info is not None and info.verdict == "corrupt"
+    assert finishes(lambda: breaker(queue)) == outcome
+    assert not os.path.lexists(lock)
+    assert queue.task("job-1").state != "running"
+    clock.advance(3600)
+    claim = claimed(queue)
+    assert (claim.id, claim.attempt) == ("job-1", 2)
+
+
+# -- an over-long marker name in ready/ -----------------------------------------------------------
+
+
+def test_overlong_marker_name_is_moved_aside_and_claims_go_on(queue: Queue) -> None:
+    """A 255-byte marker name (a legal file name, an invalid task id) is quarantined; the real task is claimed."""
+    queue.enqueue("real work", id="job-1")
+    leaf = Path(queue.layout.ready, "0", "000000", "00", "00", "00")
+    leaf.mkdir(parents=True)
+    marker = leaf / ("0000000000000001-" + "a" * 238)
+    assert len(marker.name) == 255
+    marker.touch()
+    assert finishes(lambda: claimed(queue)).id == "job-1"
+    assert not marker.exists()
+    assert any("aaaa" in name for name in os.listdir(queue.layout.quarantine))
+    assert finishes(lambda: queue.claim("w")) is None
+
+
+# -- a symlink where the watchdog stages its pid file ---------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["watchdog.pid.{pid}.tmp", "watchdog.pid"], ids=["staging-name", "pid-file"])
+def test_symlink_at_watchdog_pid_paths_is_never_written_through(queue: Queue, tmp_path: Path, planted: str) -> None:
+    """A symlink planted at the pid file's predictable names is never followed: its target is untouched."""
+    victim = tmp_path / "victim.conf"
+    victim.write_text("important\n")
+    # The name a watchdog once staged its pid file under: predictable from its pid, so anyone could plant it.
+    os.symlink(victim, Path(queue.root, planted.format(pid=os.getpid())))
+    lock = finishes(lambda: hold_singleton(str(queue.root), wait=False))
+    try:
+        assert victim.read_text() == "important\n"
+        pid_file = Path(queue.root, "watchdog.pid")
+        assert not pid_file.is_symlink()
+        assert pid_file.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(AlreadyRunning):
+            hold_singleton(str(queue.root), wait=False)
+    finally:
+        lock.release()
