@@ -103,8 +103,12 @@ class Config:
             raise ConfigError(f"heartbeats.recover_after must be a number of seconds >= 0, got {self.recover_after!r}")
         _positive("retry_base", self.retry_base)
         _positive("retry_max", self.retry_max)
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or not 1 <= self.max_attempts <= 1_000_000
+        ):
+            raise ConfigError(f"max_attempts must be an integer from 1 to 1000000, got {self.max_attempts!r}")
         if self.durability not in ("fsync", "none"):
             raise ConfigError(f"durability must be 'fsync' or 'none', got {self.durability!r}")
 

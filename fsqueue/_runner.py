@@ -263,8 +263,8 @@ def _as_result(data: bytes) -> Any:
     text = data.decode("utf-8", errors="replace")
     try:
         return json.loads(text)
-    except ValueError:
-        return text
+    except (ValueError, RecursionError):
+        return text  # not JSON (or nested too deep to be stored as such): keep it as text
 
 
 def _supervise(
@@ -347,7 +347,7 @@ class _ChildIO:
             pass  # the command does not read its stdin; that is its choice
 
     def _collect(self, pipe: IO[bytes]) -> None:
-        while chunk := pipe.read(65536):
+        while chunk := pipe.read1(65536):  # type: ignore[attr-defined]  # what has arrived, not a full block
             if len(self._out) < MAX_RESULT_BYTES:
                 self._out += chunk[: MAX_RESULT_BYTES - len(self._out)]
 

@@ -552,3 +552,15 @@ def test_timeout_also_kills_the_commands_background_children(
     except FileNotFoundError:
         state = "gone"
     assert state in ("Z", "X", "gone"), f"background child {child} still running (state {state})"
+
+
+def test_output_is_kept_when_a_background_child_holds_stdout(
+    fsqueue_cmd: list[str], cli_env: dict[str, str], initialized: Path
+) -> None:
+    """Output printed before the command exits is the result even if a background child keeps stdout open."""
+    task_id = enqueue(initialized)
+    command = ["sh", "-c", "sleep 5 & echo '{\"ok\": 1}'"]
+    proc = run(run_argv(fsqueue_cmd, command=command), cli_env)
+    assert proc.returncode == 0, proc.stderr
+    info = Queue(initialized).task(task_id)
+    assert (info.state, info.result) == ("done", {"ok": 1})
