@@ -120,7 +120,8 @@ def test_failed_command_is_retried_by_the_watchdog_and_sent_once(tmp_path: Path)
     )
     Queue(root, create=True)
     tripped = run(root, config, "fsqueue", "output", "a", "--count", "2")
-    assert tripped.returncode == 4 and tripped.stderr == f"fsqueue: pipeline halted: {REASON}\n"
+    assert tripped.returncode == 4 and tripped.stderr.startswith("fsqueue: pipeline halted since ")
+    assert tripped.stderr.endswith(f": {REASON}\n") and len(tripped.stderr.splitlines()) == 1
     alert_id = f"halt-{halt_id(root)}"
     (record,) = pending(root)
     assert (record["id"], record["type"], record["transports"]) == (alert_id, "halt", {"command": "failed"})
