@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._errors import QueueRootError
-from ._fsio import fsync_dir, make_dir, storage_error
+from ._fsio import make_dir, publish_new, storage_error
 
 ROOT_MARKER: Final = "fsqueue.json"
 SUBDIRS: Final = (
@@ -102,15 +102,11 @@ def create_root(root: str) -> Layout:
     layout = open_root(root, create_missing=True)
     marker = os.path.join(layout.root, ROOT_MARKER)
     if not os.path.lexists(marker):
-        data = json.dumps({"format": "fsqueue/1", "kind": "root"}) + "\n"
-        tmp = marker + f".{os.getpid()}.tmp"
+        data = (json.dumps({"format": "fsqueue/1", "kind": "root"}) + "\n").encode()
         try:
-            with open(tmp, "w", encoding="ascii") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, marker)
-            fsync_dir(layout.root)
+            publish_new(layout.staging, data, marker, durable=True)
+        except FileExistsError:
+            pass  # a concurrent `fsqueue init` made it first: the same marker
         except OSError as exc:
             raise storage_error(exc, "write", marker) from exc
     return layout

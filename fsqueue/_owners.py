@@ -15,6 +15,7 @@ import os
 
 from ._fsio import make_dir, publish_new, unlink_quietly
 from ._identity import Owner
+from ._record import FORMAT, owner_dict
 
 
 def owner_key(owner: Owner) -> str:
@@ -26,21 +27,7 @@ def owner_key(owner: Owner) -> str:
 
 
 def encode_owner(owner: Owner) -> bytes:
-    return (
-        json.dumps(
-            {
-                "format": "fsqueue/1",
-                "kind": "owner",
-                "host": owner.host,
-                "machine_id": owner.machine_id,
-                "boot_id": owner.boot_id,
-                "pidns": owner.pidns,
-                "pid": owner.pid,
-                "start_ticks": owner.start_ticks,
-            }
-        )
-        + "\n"
-    ).encode()
+    return (json.dumps({"format": FORMAT, "kind": "owner", **owner_dict(owner)}) + "\n").encode()
 
 
 def ensure_owner_dir(owners_dir: str, staging_dir: str, owner: Owner) -> str:

@@ -242,21 +242,36 @@ def _drain(claim: Claim, io: _ChildIO) -> bool:
     a lease left unrenewed while ``fsqueue run`` lives would be broken and the task run twice.
     """
     deadline = time.monotonic() + OUTPUT_GRACE
-    renew_every = max(0.05, claim.ttl / 3)
-    next_renew = time.monotonic() + renew_every
-    while not io.join(timeout=min(0.2, renew_every)):
-        now = time.monotonic()
-        if now >= deadline:
+    keeper = _LeaseKeeper(claim)
+    while not io.join(timeout=keeper.poll):
+        if time.monotonic() >= deadline:
             return True
-        if now >= next_renew:
-            next_renew = now + renew_every
-            try:
-                claim.renew()
-            except LeaseLost:
-                return False
-            except OSError:
-                pass
+        if not keeper.tick():
+            return False
     return True
+
+
+class _LeaseKeeper:
+    """Renews a claim every third of its TTL from a polling loop; ``tick()`` is False once it is lost."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.every = max(0.05, claim.ttl / 3)
+        self.poll = min(0.2, self.every)
+        self.next = time.monotonic() + self.every
+
+    def tick(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return True
+        self.next = now + self.every
+        try:
+            self.claim.renew()
+        except LeaseLost:
+            return False
+        except OSError:
+            pass  # transient: retried at the next tick, well before the lease runs out
+        return True
 
 
 def _as_result(data: bytes) -> Any:
@@ -271,14 +286,12 @@ def _supervise(
     claim: Claim, proc: subprocess.Popen[bytes], timeout: float | None, signals: _Signals, beater: Beater | None = None
 ) -> str:
     """Wait for the command, renewing the lease; returns exited / timeout / signalled / lease-lost."""
-    start = time.monotonic()
-    renew_every = max(0.05, claim.ttl / 3)
-    next_renew = start + renew_every
+    keeper = _LeaseKeeper(claim)
     forwarded = False
-    deadline = None if timeout is None else start + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
-            proc.wait(timeout=min(0.2, renew_every))
+            proc.wait(timeout=keeper.poll)
             # Interrupted counts as failed even on exit 0: many programs exit 0 on SIGTERM without
             # finishing their work, and marking such a task done would lose it. A retry is fenced.
             return "signalled" if forwarded else "exited"
@@ -293,15 +306,9 @@ def _supervise(
         if deadline is not None and now >= deadline:
             _stop(proc)
             return "timeout"
-        if now >= next_renew:
-            next_renew = now + renew_every
-            try:
-                claim.renew()
-            except LeaseLost:
-                _stop(proc)
-                return "lease-lost"
-            except OSError:
-                pass  # transient: retried at the next tick, well before the lease runs out
+        if not keeper.tick():
+            _stop(proc)
+            return "lease-lost"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import TYPE_CHECKING
 
 from fsqueue import Queue
 from fsqueue._alerts import create_alert, deliver, pending_alerts
+from fsqueue._fsio import read_nofollow
 from fsqueue._heartbeat import list_agents
 
 from ._log import ActionLog
@@ -26,12 +29,12 @@ class Alerting:
     def run(self, report: SweepReport) -> None:
         self.watch_heartbeats(report)
         for alert_id in pending_alerts(self.queue):
-            before = _states(self.queue, alert_id)
+            before = _field(self.queue, alert_id, "transports")
             states = deliver(self.queue, alert_id, due_only=True)
             if not states:
                 continue  # another deliverer holds it, its back-off has not passed, or it was an orphan
             report.repairs["alert-delivery"] += 1
-            errors = _errors(self.queue, alert_id)
+            errors = _field(self.queue, alert_id, "errors") if "failed" in states.values() else {}
             for transport, state in sorted(states.items()):
                 if before.get(transport) != state or state == "failed":  # one line per attempt, none for old news
                     self.log.action(
@@ -71,24 +74,11 @@ class Alerting:
         self.verdicts = seen
 
 
-def _record(queue: Queue, alert_id: str) -> dict[str, object]:
-    import json
-    import os
-
-    from fsqueue._fsio import read_nofollow
-
+def _field(queue: Queue, alert_id: str, key: str) -> dict[str, str]:
+    """One mapping field of a pending alert record ({} once it is sent, gone, or unreadable)."""
     try:
         data = json.loads(read_nofollow(os.path.join(queue.layout.sub("alerts"), f"{alert_id}.json"))[0])
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _states(queue: Queue, alert_id: str) -> dict[str, str]:
-    states = _record(queue, alert_id).get("transports")
-    return {str(k): str(v) for k, v in states.items()} if isinstance(states, dict) else {}
-
-
-def _errors(queue: Queue, alert_id: str) -> dict[str, str]:
-    errors = _record(queue, alert_id).get("errors")
-    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}
+    value = data.get(key) if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

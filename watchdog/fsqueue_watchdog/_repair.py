@@ -68,6 +68,10 @@ class Repairer:
             except OSError:
                 continue
             # Lock files are staged with their lease expiry as mtime (in the future): never "old".
+            # An alert's lock (staging/alert-<id>.lock) may age past the bound while its alert waits
+            # for a retry; removing it is safe because the only deliverers are the process that
+            # tripped (its lock file is seconds old) and this watchdog, which is one per root and
+            # does not deliver while it cleans.
             if age > self.settings.staging_max_age and _unlink_or_none(entry.path):
                 report.repairs["staging"] += 1
                 self.log.action("repair", path=entry.path, reason=f"staging file older than {age:.0f}s removed")

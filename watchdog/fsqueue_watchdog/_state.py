@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from fsqueue._fsio import publish_replace
+from fsqueue._fsio import publish_replace, read_nofollow
 from fsqueue._identity import boot_id
 
 STATE_FILE = "watchdog.state.json"
@@ -30,8 +30,7 @@ class SweepState:
 def load_state(root: str) -> SweepState:
     """The saved state, or a fresh one (first run, another boot, or an unreadable file)."""
     try:
-        with open(os.path.join(root, STATE_FILE), "rb") as handle:
-            data = json.loads(handle.read(16 * 1024 * 1024))
+        data = json.loads(read_nofollow(os.path.join(root, STATE_FILE))[0])
         expired = {str(k): (int(v[0]), int(v[1])) for k, v in data["expired"].items()}
         repaired = data["repaired_at"]
         verdicts = {str(k): str(v) for k, v in data.get("verdicts", {}).items()}

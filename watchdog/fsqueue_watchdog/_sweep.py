@@ -16,9 +16,10 @@ from typing import Any
 
 from fsqueue import CorruptRecord, Queue
 from fsqueue._errors import FsQueueError
+from fsqueue._fsio import read_nofollow
 from fsqueue._identity import Owner, OwnerState, owner_state
 from fsqueue._ids import validate_task_id
-from fsqueue._record import ForeignFormat, LockRecord
+from fsqueue._record import ForeignFormat, LockRecord, load_record, parse_owner
 from fsqueue._transitions import Verdict, break_lock
 
 from ._alerting import Alerting
@@ -150,7 +151,9 @@ class Sweeper:
         except FileNotFoundError:
             same = False
         if not same:
-            # The claim ended (or a crash came between its two unlinks): the link is a stray.
+            # The claim ended (or a crash came between its two unlinks): the link is a stray. Checked
+            # and removed without the task's guard, which is safe: only this dead owner ever makes
+            # links in its directory, so nothing can re-create this link between the check and the unlink.
             try:
                 os.unlink(link)
             except OSError:
@@ -249,21 +252,9 @@ def _lock_fields(task_id: str, lock: LockRecord | None) -> dict[str, Any]:
 
 
 def _read_owner(path: str) -> Owner | None:
-    import json
-
-    from fsqueue._fsio import read_nofollow
-
     try:
-        data = json.loads(read_nofollow(path)[0])
-        return Owner(
-            str(data["host"]),
-            str(data["machine_id"]),
-            str(data["boot_id"]),
-            int(data["pidns"]),
-            int(data["pid"]),
-            int(data["start_ticks"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return parse_owner(load_record(read_nofollow(path)[0], path, "owner"), path)
+    except (OSError, CorruptRecord):
         return None  # unreadable: the owner is treated as foreign, its locks judged by their lease
 
 
