@@ -16,12 +16,14 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
 
 from ._fsio import make_dir, publish_new, publish_replace, read_nofollow
 from ._guard import guarded
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._store import Store
 
 TIMEOUT = 30.0

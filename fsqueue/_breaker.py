@@ -9,26 +9,28 @@ process sends the alert (``_alerts``) -- one alert per trip however many process
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from ._config import Rule
+from ._digest import md5_hex
 from ._errors import PipelineHalted
+from ._frozen import frozen
 from ._fsio import exists_nofollow, publish_new, publish_replace, read_nofollow, storage_errors, unlink_quietly
 from ._guard import guarded
 from ._identity import current_owner
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._store import Store
 
 HALT_FILE = "halt.json"
 
 
-@dataclass(frozen=True)
+@frozen
 class Halt:
     """Why the pipeline is halted."""
 
@@ -105,7 +107,7 @@ def check_running(store: Store) -> None:
 
 
 def _window_path(store: Store, agent: str) -> str:
-    digest = hashlib.md5(agent.encode(), usedforsecurity=False).hexdigest()
+    digest = md5_hex(agent)
     return os.path.join(store.layout.sub("breaker"), f"{digest}.window")
 
 

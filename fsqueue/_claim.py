@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from . import _transitions as transitions
 from ._errors import FsQueueError, LeaseLost
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
+    from typing import Any
+
     from ._store import Store
 
 
@@ -47,6 +49,8 @@ class Claim:
         self.max_attempts = max_attempts
         self.finished = False
         self._auto_renew = auto_renew
+        import threading  # here, not at module level: an idle cron run never needs it
+
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -105,6 +109,8 @@ class Claim:
 
     def start_renewing(self, interval: float | None = None) -> None:
         """Renew from a daemon thread every ``interval`` seconds (default: a third of the ttl)."""
+        import threading
+
         if self._renewer is not None and self._renewer.is_alive():
             return
         self._stop = threading.Event()  # a fresh one: stop_renewing() may have set the last
@@ -123,6 +129,8 @@ class Claim:
         self._renewer.start()
 
     def stop_renewing(self) -> None:
+        import threading
+
         self._stop.set()
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()

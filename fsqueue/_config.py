@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Final, Literal
 
 from ._errors import ConfigError
+from ._frozen import field, field_names, frozen, replace
 
-Durability = Literal["fsync", "none"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
+    Durability = Literal["fsync", "none"]
+else:
+    # Literal needs ``typing`` at run time; importers of these names only use them in annotations.
+    Durability = str
+
+
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNIT: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-@dataclass(frozen=True)
+@frozen
 class Rule:
     """A circuit-breaker rule: more than ``max_outputs`` outputs within ``window`` seconds trips it."""
 
@@ -28,7 +36,7 @@ class Rule:
         _positive("breaker rule window", self.window)
 
 
-@dataclass(frozen=True)
+@frozen
 class Alerts:
     """Where an alert goes: a shell command, a webhook URL, a sendmail recipient (any or all)."""
 
@@ -47,7 +55,7 @@ class Alerts:
         return bool(self.command or self.webhook or self.sendmail)
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     """Queue settings; every field has the default a user gets without a config file."""
 
@@ -277,4 +285,4 @@ def yaml_error_where(exc: Exception) -> str:
 
 
 def config_field_names() -> list[str]:
-    return [f.name for f in fields(Config)]
+    return list(field_names(Config))

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from ._errors import CorruptRecord
+from ._frozen import frozen
 from ._fsio import publish_replace, read_nofollow
 from ._heartbeat import check_agent_name, read_beat, write_beat
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._store import Store
 
 
-@dataclass(frozen=True)
+@frozen
 class Mode:
     """The answer to "is my upstream alive?"; true when the full path may run."""
 

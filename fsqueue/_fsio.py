@@ -12,9 +12,12 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
 
 from ._errors import StorageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
 _NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC

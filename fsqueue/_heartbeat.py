@@ -10,25 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import CorruptRecord, InvalidPayload
+from ._frozen import frozen
 from ._fsio import publish_replace, storage_errors
 from ._identity import Owner, current_owner, owner_state
 from ._ids import validate_task_id
 from ._record import FORMAT, load_record, owner_dict, parse_owner, read_field
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._store import Store
+    import threading
+    from typing import Any, Literal
 
-Verdict = Literal["ok", "late", "down"]
+    Verdict = Literal["ok", "late", "down"]
+
+    from ._store import Store
+else:
+    # Literal needs ``typing`` at run time; importers of these names only use them in annotations.
+    Verdict = str
+
+
 MAX_MESSAGE = 500
 
 
-@dataclass(frozen=True)
+@frozen
 class HeartbeatRecord:
     """One agent's last beat."""
 
@@ -115,7 +122,7 @@ def read_beat(store: Store, agent: str) -> HeartbeatRecord | None:
     return store._read(heartbeat_path(store, check_agent_name(agent)), parse_heartbeat)
 
 
-@dataclass(frozen=True)
+@frozen
 class AgentInfo:
     """One row of ``fsqueue agents``."""
 
@@ -189,6 +196,8 @@ class Heartbeat:
         self.interval = store.config.heartbeat_interval if interval is None else interval
         self.state = state
         self.message = message
+        import threading  # here, not at module level: a one-off beat never needs it
+
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -208,6 +217,8 @@ class Heartbeat:
                 continue  # a full disk: the next beat retries; readers see the agent go late, truthfully
 
     def __enter__(self) -> Heartbeat:
+        import threading
+
         self.beat()
         self._thread = threading.Thread(target=self._loop, name=f"fsqueue-heartbeat-{self.agent}", daemon=True)
         self._thread.start()

@@ -12,14 +12,21 @@ by its lease alone.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cache
-from typing import Literal
 
-OwnerState = Literal["alive", "dead", "foreign"]
+from ._frozen import frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    OwnerState = Literal["alive", "dead", "foreign"]
+else:
+    # Literal needs ``typing`` at run time; importers of these names only use them in annotations.
+    OwnerState = str
 
 
-@dataclass(frozen=True)
+@frozen
 class Owner:
     """The identity of a process that holds a claim (``pid`` 0 for a lease-only claim)."""
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Final
 
 from ._errors import InvalidTaskId
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 MAX_ID_LENGTH: Final = 128
 # A leading letter or digit rules out "." and ".." and hidden names; "/" and NUL are outside the set.

@@ -17,9 +17,12 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from typing import Final
 
 from ._fsio import fsync_dir, make_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 MIN_PRIORITY: Final = -1_000_000
 MAX_PRIORITY: Final = 1_000_000

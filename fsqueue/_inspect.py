@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
 
 from . import _transitions as transitions
 from ._errors import CorruptRecord, LockHeld, TaskNotFound
+from ._frozen import as_dict, field, frozen
 from ._fsio import exists_nofollow
 from ._ids import validate_task_id
 from ._index import iter_all
-from ._record import ForeignFormat, TaskState
+from ._record import ForeignFormat
 from ._store import Store
-from ._transitions import Verdict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    from ._record import TaskState
+    from ._transitions import Verdict
 
 STATES: tuple[TaskState, ...] = ("pending", "delayed", "running", "done", "dead")
 
 
-@dataclass(frozen=True)
+@frozen
 class LockInfo:
     """One lock as ``fsqueue locks`` shows it."""
 
@@ -36,10 +41,10 @@ class LockInfo:
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
-@dataclass(frozen=True)
+@frozen
 class TaskInfo:
     """One task as ``fsqueue show`` and ``fsqueue tasks`` show it."""
 
@@ -59,7 +64,7 @@ class TaskInfo:
     lock: LockInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = as_dict(self)
         data["lock"] = None if self.lock is None else self.lock.to_json()
         return data
 
@@ -124,7 +129,7 @@ class Inspection(Store):
                     t.payload,
                     final.result,
                     final.reason,
-                    [asdict(e) for e in t.history],
+                    [as_dict(e) for e in t.history],
                 )
         task = self.read_task(task_id)
         if task is None:
@@ -146,7 +151,7 @@ class Inspection(Store):
             task.payload,
             None,
             "",
-            [asdict(e) for e in task.history],
+            [as_dict(e) for e in task.history],
             lock,
         )
 

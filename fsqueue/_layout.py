@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
-from typing import Final
 
+from ._digest import md5_hex
 from ._errors import QueueRootError
+from ._frozen import frozen
 from ._fsio import make_dir, publish_new, storage_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 ROOT_MARKER: Final = "fsqueue.json"
 SUBDIRS: Final = (
@@ -37,7 +40,7 @@ def default_root() -> str:
     return os.path.join(base, "fsqueue")
 
 
-@dataclass(frozen=True)
+@frozen
 class Layout:
     """The paths of one queue root."""
 
@@ -88,7 +91,7 @@ class Layout:
 
 def guard_shard(task_id: str) -> str:
     """The guard file name for a task: the first two hex digits of md5(id) (``md5sum`` in shell)."""
-    return hashlib.md5(task_id.encode(), usedforsecurity=False).hexdigest()[:2]
+    return md5_hex(task_id)[:2]
 
 
 def create_root(root: str) -> Layout:

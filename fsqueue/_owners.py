@@ -9,10 +9,10 @@ index, never the truth: a link whose ``tasks/<id>.lock`` is gone or is another i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
+from ._digest import sha256_hex
 from ._fsio import make_dir, publish_new, unlink_quietly
 from ._identity import Owner
 from ._record import FORMAT, owner_dict
@@ -23,7 +23,7 @@ def owner_key(owner: Owner) -> str:
     text = "\0".join(
         (owner.host, owner.machine_id, owner.boot_id, str(owner.pidns), str(owner.pid), str(owner.start_ticks))
     )
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return sha256_hex(text)[:24]
 
 
 def encode_owner(owner: Owner) -> bytes:

@@ -6,7 +6,6 @@ import json
 import math
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any, Final, Literal
 
 from . import _transitions as transitions
 from ._breaker import Halt, check_running, count_committed_output, read_halt, record_output, resume, trip
@@ -21,6 +20,10 @@ from ._ids import new_task_id, validate_task_id
 from ._index import MAX_PRIORITY, MIN_PRIORITY, add_entry, entry_for, iter_entries, priorities, remove_entry
 from ._inspect import Inspection
 from ._record import Event, TaskRecord, encode_task
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, Literal
 
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 MAX_AGENT_LENGTH: Final = 128

@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Final, Literal
 
 from ._errors import CorruptRecord
+from ._frozen import frozen, replace
 from ._identity import Owner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
+    TaskState = Literal["pending", "delayed", "running", "done", "dead"]
+else:
+    # Literal needs ``typing`` at run time; importers of these names only use them in annotations.
+    TaskState = str
+
 
 FORMAT: Final = "fsqueue/1"
 MAX_HISTORY: Final = 50
 MAX_ERROR_TEXT: Final = 4000
-
-TaskState = Literal["pending", "delayed", "running", "done", "dead"]
 
 
 class ForeignFormat(CorruptRecord):
     """A record whose ``format`` this version does not know: treated as a live foreign owner."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Event:
     """One line of a task's history."""
 
@@ -36,7 +43,7 @@ class Event:
     error: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class TaskRecord:
     """A task as stored in ``records/<id>.json`` (and embedded in done and dead records)."""
 
@@ -60,7 +67,7 @@ class TaskRecord:
         return replace(self, history=history, **changes)
 
 
-@dataclass(frozen=True)
+@frozen
 class LockRecord:
     """A claim as stored in ``tasks/<id>.lock``; the file's mtime is the lease expiry."""
 
@@ -75,7 +82,7 @@ class LockRecord:
     owner: Owner
 
 
-@dataclass(frozen=True)
+@frozen
 class FinalRecord:
     """A task that reached ``done/`` or ``dead/``: the task plus its outcome."""
 

@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import IO, Any, Final
 
 from ._claim import Claim
 from ._errors import InvalidPayload, LeaseLost
+from ._frozen import frozen
 from ._queue import Queue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, Final
 
 MAX_RESULT_BYTES: Final = 4 * 1024 * 1024
 STDERR_TAIL: Final = 2000
@@ -27,7 +30,7 @@ OUTPUT_GRACE: Final = 2.0
 EXIT_LEASE_LOST: Final = 5
 
 
-@dataclass
+@frozen
 class Outcome:
     """How one task ended under ``fsqueue run``."""
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import stat
 from collections.abc import Callable
-from typing import Literal, TypeVar
 
 from ._clock import Clock, SystemClock
 from ._config import Config
@@ -17,7 +15,12 @@ from ._fsio import exists_nofollow, publish_new, read_nofollow, storage_error
 from ._layout import Layout, create_root, default_root, open_root
 from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
+    from typing import Literal, TypeVar
+
+    T = TypeVar("T")
 
 
 class Store:
@@ -36,8 +39,17 @@ class Store:
         self.layout: Layout = create_root(path) if create else open_root(path)
         self.config = config or Config()
         self.clock: Clock = clock or SystemClock()
-        self.rng = rng or random.Random()
+        self._rng = rng
         self.durable = self.config.durability == "fsync"
+
+    @property
+    def rng(self) -> random.Random:
+        """Jitter for retry delays and claim spreading; ``random`` is imported only once it is needed."""
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random()
+        return self._rng
 
     @property
     def root(self) -> str:

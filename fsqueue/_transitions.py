@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Concatenate, Literal, ParamSpec, TypeVar
 
 from ._errors import CorruptRecord, LeaseLost
+from ._frozen import replace
 from ._fsio import (
     exists_nofollow,
     fsync_dir,
@@ -48,10 +47,21 @@ from ._record import (
 )
 from ._store import Store
 
-P = ParamSpec("P")
-R = TypeVar("R")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Concatenate, Literal, ParamSpec, TypeVar
 
-Verdict = Literal["alive", "lease", "foreign", "expired", "dead", "corrupt", "unknown-format"]
+    BreakOutcome = Literal["requeued", "dead", "cleaned", "quarantined"]
+
+    Verdict = Literal["alive", "lease", "foreign", "expired", "dead", "corrupt", "unknown-format"]
+
+    R = TypeVar("R")
+
+    P = ParamSpec("P")
+else:
+    # Literal needs ``typing`` at run time; importers of these names only use them in annotations.
+    BreakOutcome = str
+    Verdict = str
 
 
 def _storage_errors(
@@ -342,9 +352,6 @@ def _bury(store: Store, task: TaskRecord, reason: str, *, token: str, agent: str
     except FileExistsError:
         pass  # buried before a crash; finish the cleanup
     unlink_quietly(layout.record(task.id))
-
-
-BreakOutcome = Literal["requeued", "dead", "cleaned", "quarantined"]
 
 
 @_storage_errors("break the lock", Layout.lock)

@@ -12,21 +12,25 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsqueue import CorruptRecord, Queue
 from fsqueue._errors import FsQueueError
 from fsqueue._fsio import read_nofollow
-from fsqueue._identity import Owner, OwnerState, owner_state
+from fsqueue._identity import Owner, owner_state
 from fsqueue._ids import validate_task_id
 from fsqueue._record import ForeignFormat, LockRecord, load_record, parse_owner
-from fsqueue._transitions import Verdict, break_lock
+from fsqueue._transitions import break_lock
 
 from ._alerting import Alerting
 from ._log import ActionLog
 from ._repair import Repairer
 from ._settings import WatchdogSettings
 from ._state import SweepState, load_state, save_state
+
+if TYPE_CHECKING:
+    from fsqueue._identity import OwnerState
+    from fsqueue._transitions import Verdict
 
 
 @dataclass
