@@ -1,5 +1,5 @@
 """``python -m fsqueue`` runs the CLI."""
 
-from fsqueue.cli import main
+from fsqueue._entry import main
 
 main()

@@ -18,7 +18,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 EXPECTED_TOP_LEVEL = frozenset({"fsqueue", "fsqueue_watchdog"})
 
 #: Console scripts the wheel declares, with their entry points.
-EXPECTED_SCRIPTS = {"fsqueue": "fsqueue.cli:main", "fsqueue-watchdog": "fsqueue_watchdog.cli:main"}
+EXPECTED_SCRIPTS = {"fsqueue": "fsqueue._entry:main", "fsqueue-watchdog": "fsqueue_watchdog.cli:main"}
 
 #: Imported where used, never by ``import fsqueue``: a cron agent pays every import every minute.
 HEAVY_IMPORTS = ("psutil", "yaml", "click", "filelock")
