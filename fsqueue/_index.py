@@ -9,6 +9,12 @@ huey FileStorage). Delayed and backed-off tasks are simply entries with a future
 at the first bucket that starts in the future. Empty buckets are removed by whoever empties them;
 ``rmdir`` fails on a non-empty directory, and an enqueuer whose bucket vanished between ``mkdir`` and
 create simply retries.
+
+A claimer keeps a ``Listings`` cache: the sorted names of the upper levels (priorities, the 2.8 h,
+100 s and 1 s buckets), reused while a ``stat`` shows the directory unchanged -- one syscall instead
+of open, two ``getdents`` and close per level. Git's "racy" rule makes the reuse safe: a listing is
+kept only for a directory whose mtime is more than ``_SETTLED_NS`` in the past, so a change made in
+the same timestamp tick as the listing (which would not move the mtime) cannot be missed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 
 from ._fsio import fsync_dir, make_dir
@@ -30,6 +37,36 @@ _WHEN_DIGITS: Final = 16
 #: Bucket boundaries in the 16 digits of ``when``: 10^10 us (2.8 h), 100 s, 1 s and 10 ms buckets, so
 #: below the top level no directory holds more than 100 names.
 _SPLITS: Final = (6, 8, 10, 12)
+#: A directory unmodified for this long has a listing that its mtime vouches for. Filesystem
+#: timestamps come from the kernel's coarse clock, which trails real time by at most one tick
+#: (10 ms at the lowest HZ, 100): any change after a listing taken 50 ms past the mtime is stamped
+#: at least 40 ms later than that mtime, so it moves it.
+_SETTLED_NS: Final = 50_000_000
+
+
+class Listings:
+    """Sorted subdirectory names of index directories, reused while each directory is unchanged."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, int, list[str]]] = {}
+
+    def dirs(self, path: str) -> list[str]:
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._known.pop(path, None)
+            return []
+        known = self._known.get(path)
+        if known is not None and known[0] == st.st_mtime_ns and known[1] == st.st_ino:
+            return known[2]
+        names = _sorted_dirs(path) if stat.S_ISDIR(st.st_mode) else []
+        if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
+            if len(self._known) > 4096:  # bounded: a long-lived worker walks ever new buckets
+                self._known.clear()
+            self._known[path] = (st.st_mtime_ns, st.st_ino, names)
+        else:
+            self._known.pop(path, None)
+        return names
 
 
 def entry_for(priority: int, ready_at: float, task_id: str) -> str:
@@ -96,13 +133,19 @@ def _move_aside(ready_dir: str, path: str) -> None:
         pass
 
 
-def remove_entry(ready_dir: str, rel: str) -> bool:
-    """Remove the marker ``rel`` and any bucket it leaves empty; True if the marker was there."""
+def remove_entry(ready_dir: str, rel: str, *, prune: bool = True) -> bool:
+    """Remove the marker ``rel`` and any bucket it leaves empty; True if the marker was there.
+
+    ``prune=False`` (a claim) leaves an emptied bucket for the next walk, which removes it on its way:
+    a ``rmdir`` attempt per claim, failing on a bucket that still holds markers, costs more than that.
+    """
     path = os.path.join(ready_dir, rel)
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
+    if not prune:
+        return True
     parts = rel.split("/")
     # Remove the bucket levels bottom-up (never the priority level); stop at the first that is not empty.
     for depth in range(len(parts) - 1, 1, -1):
@@ -129,10 +172,10 @@ def _sorted_dirs(path: str) -> list[str]:
         return []
 
 
-def priorities(ready_dir: str) -> list[int]:
+def priorities(ready_dir: str, listings: Listings | None = None) -> list[int]:
     """The priority levels present, highest first."""
     levels = []
-    for name in _sorted_dirs(ready_dir):
+    for name in listings.dirs(ready_dir) if listings is not None else _sorted_dirs(ready_dir):
         try:
             level = int(name)
         except ValueError:
@@ -142,16 +185,20 @@ def priorities(ready_dir: str) -> list[int]:
     return sorted(levels, reverse=True)
 
 
-def iter_entries(ready_dir: str, priority: int, *, until: float | None = None) -> Iterator[tuple[str, float, str]]:
+def iter_entries(
+    ready_dir: str, priority: int, *, until: float | None = None, listings: Listings | None = None
+) -> Iterator[tuple[str, float, str]]:
     """Markers of one priority in ready order: ``(rel, ready_at, task_id)``; stop after ``until``.
 
     Empty buckets met on the way are removed, so a drained queue costs nothing to walk.
     """
     limit = None if until is None else int(until * 1_000_000)
-    yield from _walk(os.path.join(ready_dir, str(priority)), str(priority), "", 0, limit)
+    yield from _walk(os.path.join(ready_dir, str(priority)), str(priority), "", 0, limit, listings)
 
 
-def _walk(path: str, rel: str, prefix: str, level: int, limit: int | None) -> Iterator[tuple[str, float, str]]:
+def _walk(
+    path: str, rel: str, prefix: str, level: int, limit: int | None, listings: Listings | None
+) -> Iterator[tuple[str, float, str]]:
     if level == len(_SPLITS):
         for name in _sorted_files(path):
             parsed = parse_entry_name(name)
@@ -162,14 +209,14 @@ def _walk(path: str, rel: str, prefix: str, level: int, limit: int | None) -> It
             yield f"{rel}/{name}", parsed[0], parsed[1]
         return
     width = _SPLITS[level] - (_SPLITS[level - 1] if level else 0)
-    for bucket in _sorted_dirs(path):
+    for bucket in listings.dirs(path) if listings is not None else _sorted_dirs(path):
         if len(bucket) != width or not (bucket.isascii() and bucket.isdigit()):
             continue  # not a bucket fsqueue made (lost+found, a stray directory): never part of the index
         digits = prefix + bucket
         if limit is not None and int(digits.ljust(_WHEN_DIGITS, "0")) > limit:
             return
         child = os.path.join(path, bucket)
-        yield from _walk(child, f"{rel}/{bucket}", digits, level + 1, limit)
+        yield from _walk(child, f"{rel}/{bucket}", digits, level + 1, limit, listings)
         _rmdir_if_empty(child)
 
 

@@ -30,19 +30,36 @@ def encode_owner(owner: Owner) -> bytes:
     return (json.dumps({"format": FORMAT, "kind": "owner", **owner_dict(owner)}) + "\n").encode()
 
 
+#: Owner directories this process has seen complete. Only a dead owner's directory is ever removed
+#: (by the watchdog, once empty), so a live process's entry stays true; a claim whose link still finds
+#: the directory gone (removed by hand) forgets it and makes it again (``forget_owner_dir``).
+_COMPLETE: set[str] = set()
+
+
 def ensure_owner_dir(owners_dir: str, staging_dir: str, owner: Owner) -> str:
     """Create ``owners/<key>/`` with its ``owner.json`` if missing; return the directory."""
     path = os.path.join(owners_dir, owner_key(owner))
+    if path in _COMPLETE:
+        return path
+    _ensure(path, staging_dir, owner)
+    _COMPLETE.add(path)
+    return path
+
+
+def forget_owner_dir(path: str) -> None:
+    _COMPLETE.discard(path)
+
+
+def _ensure(path: str, staging_dir: str, owner: Owner) -> None:
     try:
         make_dir(path)
     except FileExistsError:
         if os.path.lexists(os.path.join(path, "owner.json")):
-            return path
+            return
     try:
         publish_new(staging_dir, encode_owner(owner), os.path.join(path, "owner.json"), durable=False)
     except FileExistsError:
         pass
-    return path
 
 
 def owner_link(owners_dir: str, owner: Owner, task_id: str) -> str:

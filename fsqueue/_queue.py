@@ -17,7 +17,15 @@ from ._guard import guarded
 from ._heartbeat import AgentInfo, Heartbeat, HeartbeatRecord, list_agents, read_beat, write_beat
 from ._identity import Owner, current_owner, lease_only_owner, owner_of
 from ._ids import new_task_id, validate_task_id
-from ._index import MAX_PRIORITY, MIN_PRIORITY, add_entry, entry_for, iter_entries, priorities, remove_entry
+from ._index import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    add_entry,
+    entry_for,
+    iter_entries,
+    priorities,
+    remove_entry,
+)
 from ._inspect import Inspection
 from ._record import Event, TaskRecord, encode_task
 
@@ -181,7 +189,7 @@ class Queue(Inspection):
         owner, mode = self._owner(owner_pid, lease_only)
         for blocking in (False, True):
             busy = False
-            for priority in priorities(self.layout.ready):
+            for priority in priorities(self.layout.ready, self._listings):
                 for rel, _, task_id in self._candidates(priority):
                     try:
                         validate_task_id(task_id)
@@ -221,7 +229,7 @@ class Queue(Inspection):
         return None
 
     def _candidates(self, priority: int) -> Iterator[tuple[str, float, str]]:
-        entries = iter_entries(self.layout.ready, priority, until=self.clock.now())
+        entries = iter_entries(self.layout.ready, priority, until=self.clock.now(), listings=self._listings)
         head = next(entries, None)
         if head is None:
             return

@@ -12,6 +12,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import CorruptRecord
 from ._fsio import exists_nofollow, publish_new, read_nofollow, storage_error
+from ._index import Listings
 from ._layout import Layout, create_root, default_root, open_root
 from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
 
@@ -40,6 +41,7 @@ class Store:
         self.config = config or Config()
         self.clock: Clock = clock or SystemClock()
         self._rng = rng
+        self._listings = Listings()  # the claim walk's cache of unchanged index levels
         self.durable = self.config.durability == "fsync"
 
     @property

@@ -33,7 +33,7 @@ from ._guard import guarded
 from ._identity import Owner, owner_state
 from ._index import add_entry, entry_for, remove_entry
 from ._layout import Layout
-from ._owners import ensure_owner_dir, owner_link, unlink_owner_link
+from ._owners import ensure_owner_dir, forget_owner_dir, owner_link, unlink_owner_link
 from ._record import (
     Event,
     FinalRecord,
@@ -148,7 +148,7 @@ def try_claim(
         )
         if not _publish_lock(store, lock, now + lease):
             return None
-        remove_entry(layout.ready, rel)
+        remove_entry(layout.ready, rel, prune=False)
         return lock, task, now + lease
 
 
@@ -163,10 +163,15 @@ def _publish_lock(store: Store, lock: LockRecord, expires: float) -> bool:
     try:
         linked = None
         if lock.mode == "process":
-            ensure_owner_dir(layout.owners, layout.staging, lock.owner)
+            owner_dir = ensure_owner_dir(layout.owners, layout.staging, lock.owner)
             linked = owner_link(layout.owners, lock.owner, lock.task)
             unlink_quietly(linked)  # a stray link from a crash of an earlier claim by this same process
-            os.link(tmp, linked, follow_symlinks=False)
+            try:
+                os.link(tmp, linked, follow_symlinks=False)
+            except FileNotFoundError:  # the directory was removed by hand since this process made it
+                forget_owner_dir(owner_dir)
+                ensure_owner_dir(layout.owners, layout.staging, lock.owner)
+                os.link(tmp, linked, follow_symlinks=False)
         try:
             os.link(tmp, layout.lock(lock.task), follow_symlinks=False)
         except FileExistsError:
