@@ -8,13 +8,11 @@ checked against an independent history (``tests/history.py``).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import select
 import signal
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -321,108 +319,99 @@ def test_killed_fsqueue_run_takes_its_command_down_and_task_is_recovered(harness
     assert (info.state, info.attempts, info.result) == ("done", 2, {"ok": True})
 
 
-IN_OPEN, IN_CREATE = 0x20, 0x100
+# `fsqueue run` (its CLI, unchanged) with the forked child held inside the fork -> prctl(PR_SET_PDEATHSIG)
+# window. `_runner._prctl()` resolves libc's prctl in the parent; it is wrapped so that the child, on entering
+# it, reports its pid on one pipe and blocks reading another, and reports again once the real prctl returned.
+# The child does there what the real code does: raw system calls only, no import and no lock.
+RUN_HELD_BEFORE_PRCTL = """
+import os, sys
+from fsqueue import _runner
+from fsqueue.cli import main
+
+window, release = int(sys.argv[1]), int(sys.argv[2])
+prctl = _runner._prctl()
+assert prctl is not None, "libc has no prctl"
+
+def held_prctl(*args):
+    os.write(window, b"%d\\n" % os.getpid())
+    os.read(release, 1)
+    done = prctl(*args)
+    os.write(window, b"prctl\\n")
+    return done
+
+_runner._prctl = lambda: held_prctl
+sys.argv = ["fsqueue", *sys.argv[3:]]
+main()
+"""
 
 
-class Inotify:
-    """File events from the kernel (inotify via libc): the test acts the instant a file is touched."""
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fd: int = self._libc.inotify_init1(os.O_CLOEXEC)
-        assert self.fd >= 0, os.strerror(ctypes.get_errno())
-
-    def watch(self, path: str, mask: int) -> int:
-        wd: int = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-        assert wd >= 0, f"{path}: {os.strerror(ctypes.get_errno())}"
-        return wd
-
-    def read(self) -> list[int]:
-        """The watch descriptors of the events queued now, in order."""
-        data = os.read(self.fd, 65536)
-        wds, offset = [], 0
-        while offset < len(data):
-            wd, _, _, size = struct.unpack_from("iIII", data, offset)
-            wds.append(wd)
-            offset += 16 + size
-        return wds
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _kill_run_in_fork_window(h: Harness, hold: Path, pid_fifo: Path, reader: int) -> list[int]:
-    """Kill `fsqueue run` once its forked child starts importing ctypes (before prctl); return survivors.
-
-    The child runs ``import ctypes`` between fork and ``prctl(PR_SET_PDEATHSIG)``; a watch on the ctypes
-    package fires inside that window. If the command already runs, the kill lands after exec instead.
-    """
-    h.enqueue(1)
-    os.mkfifo(hold)  # nobody writes it: the command blocks opening it until it is killed
-    command = 'printf "%s\\n" "$$" >"$2"; exec cat "$1"'
-    notify = Inotify()
-    try:
-        claims = notify.watch(str(h.root / "tasks"), IN_CREATE)
-        package = os.path.dirname(ctypes.__file__)
-        for directory in (package, os.path.join(package, "__pycache__")):
-            notify.watch(directory, IN_OPEN)
-        argv = [sys.executable, "-m", "fsqueue", "run", "--agent", "runner"]
-        argv += ["--", "sh", "-c", command, "sh", str(hold), str(pid_fifo)]
-        run = subprocess.Popen(argv, env=h.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        h.procs.append(run)
-        claimed = in_window = False
-        while not in_window:
-            readable, _, _ = select.select([notify.fd, reader], [], [], WAIT)
-            assert readable, "`fsqueue run` neither claimed nor started its command"
-            if reader in readable:
-                os.read(reader, 64)  # the command already runs: too late for the window this time
-                break
-            for wd in notify.read():
-                claimed = claimed or wd == claims
-                in_window = in_window or (claimed and wd != claims)
-        kill_and_reap(run)
-    finally:
-        notify.close()
-    survivors = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(hold) not in (proc.info["cmdline"] or []):
-            continue
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except ProcessLookupError:
-            continue
-        try:
-            readable, _, _ = select.select([pidfd, reader], [], [], WAIT)
-            assert readable, f"process {proc.pid} neither died nor started the command"
-            if reader in readable:  # it started the command after its `fsqueue run` was gone: an orphan
-                os.read(reader, 64)
-                survivors.append(proc.pid)
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        finally:
-            os.close(pidfd)
-    ((_, outcome, verdict),) = h.queue.clear(dead=True)  # the claim it held: this task or a requeued one
-    assert (outcome, verdict) == ("requeued", "dead")
-    return survivors
+def read_fd_line(fd: int) -> str:
+    """The next short line on a pipe, waiting on the pipe (never on a timer); '' once its writers are gone."""
+    readable, _, _ = select.select([fd], [], [], WAIT)
+    assert readable, f"nothing arrived on fd {fd} within {WAIT}s"
+    return os.read(fd, 64).decode().strip()
 
 
 def test_fsqueue_run_killed_between_fork_and_prctl_leaves_no_orphan(harness: Harness, tmp_path: Path) -> None:
-    """`kill -9` of `fsqueue run` while its child is between fork and prctl: the command still never runs."""
-    pid_fifo = tmp_path / "pid.fifo"
-    os.mkfifo(pid_fifo)
-    reader = os.open(pid_fifo, os.O_RDONLY | os.O_NONBLOCK)
-    keep = os.open(pid_fifo, os.O_WRONLY | os.O_NONBLOCK)  # a writer always exists, so no spurious EOF
-    orphans: list[int] = []
+    """`kill -9` of `fsqueue run` while its child is between fork and prctl: the command never runs.
+
+    The child is held in the window until its `fsqueue run` is killed and reaped, so the death signal it then
+    asks for can never come: only the child's own check of its parent keeps the command from running as an
+    orphan. The killed run's claim is judged dead at once (30 min lease untouched) and requeued.
+    """
+    (task_id,) = harness.enqueue(1)
+    started, hold = tmp_path / "started.fifo", tmp_path / "hold.fifo"
+    os.mkfifo(started)  # the command writes its pid here first: a line means it ran
+    os.mkfifo(hold)  # nobody writes it: a command that ran blocks opening it until it is killed
+    reader = os.open(started, os.O_RDONLY | os.O_NONBLOCK)
+    keep = os.open(started, os.O_WRONLY | os.O_NONBLOCK)  # a writer always exists, so no spurious EOF
+    window_r, window_w = os.pipe()
+    release_r, release_w = os.pipe()
+    command = 'printf "%s\\n" "$$" >"$2"; exec cat "$1"'
+    argv = [sys.executable, "-c", RUN_HELD_BEFORE_PRCTL, str(window_w), str(release_r)]
+    argv += ["run", "--agent", "runner", "--", "sh", "-c", command, "sh", str(hold), str(started)]
+    pidfd = -1
     try:
-        for trial in range(8):  # a trial misses the window only if another process imports ctypes meanwhile
-            orphans += _kill_run_in_fork_window(harness, tmp_path / f"hold-{trial}.fifo", pid_fifo, reader)
-            if orphans:
-                break
+        try:
+            run = subprocess.Popen(
+                argv,
+                env=harness.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(window_w, release_r),
+            )
+            harness.procs.append(run)
+        finally:
+            os.close(window_w)  # now only `fsqueue run` and its child hold these ends
+            os.close(release_r)
+        line = read_fd_line(window_r)
+        assert line, f"`fsqueue run` exited (status {run.wait()}) without forking its command"
+        child = int(line)
+        pidfd = os.pidfd_open(child)  # taken while the child is held, so it can never name a reused pid
+        assert psutil.Process(child).ppid() == run.pid
+        lock = harness.queue.lock_info(task_id)
+        assert lock is not None and (lock.verdict, lock.pid) == ("alive", run.pid)
+        kill_and_reap(run)  # it dies inside Popen, its child between fork and prctl
+        os.write(release_w, b"\n")  # the child goes on: prctl(PR_SET_PDEATHSIG) with its parent already gone
+        assert read_fd_line(window_r) == "prctl"
+        readable, _, _ = select.select([pidfd, reader], [], [], WAIT)
+        assert readable, f"child {child} neither died nor started the command within {WAIT}s"
+        ran = select.select([reader], [], [], 0)[0]
+        assert not ran, f"the command ran after its `fsqueue run` was killed: {os.read(reader, 64)!r}"
+        assert pidfd in readable
+        lock = harness.queue.lock_info(task_id)
+        assert lock is not None and lock.verdict == "dead" and lock.lease_left > FRESH_LEASE
+        assert harness.queue.clear(dead=True) == [(task_id, "requeued", "dead")]
     finally:
-        os.close(reader)
-        os.close(keep)
+        if pidfd >= 0:
+            if not select.select([pidfd], [], [], 0)[0]:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        for fd in (reader, keep, window_r, release_w):
+            os.close(fd)
+    assert broken_attempts(harness, task_id) == [1]
     harness.drain()
     assert_all_done_once(harness)
-    assert orphans == [], f"commands outlived their killed `fsqueue run`: {orphans}"
 
 
 def test_zombie_holder_is_judged_dead(harness: Harness) -> None:
