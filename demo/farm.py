@@ -60,11 +60,13 @@ here=$(dirname "$0")
 case "$payload" in
 *'"kind": "slow"'*)
     if [ "$FSQUEUE_ATTEMPT" = 1 ]; then
+        "$here/bin/fsqueue" emit "$FSQUEUE_AGENT" slow.started --field task="$FSQUEUE_TASK_ID"  # telemetry
         echo "$FSQUEUE_TASK_ID $FSQUEUE_AGENT" > "$here/slow-started.fifo"  # tell the demo we are mid-task
         read -r _ < "$here/slow-release.fifo"              # then wait for a release that never comes
     fi ;;
 *'"kind": "flaky"'*)
     if [ "$FSQUEUE_ATTEMPT" = 1 ]; then
+        "$here/bin/fsqueue" emit "$FSQUEUE_AGENT" error --field task="$FSQUEUE_TASK_ID" --field reason="upstream 503"
         echo "upstream answered 503; giving up on this attempt" >&2
         exit 75
     fi ;;
@@ -80,7 +82,7 @@ import os
 import threading
 import time
 
-from fsqueue import Queue, load_config
+from fsqueue import Queue, emit, load_config
 
 queue = Queue(os.environ["FSQUEUE_ROOT"], config=load_config(os.environ["FSQUEUE_CONFIG"]))
 with queue.heartbeat("scraper", interval=1.0, message="watching the feeds"):
@@ -88,6 +90,7 @@ with queue.heartbeat("scraper", interval=1.0, message="watching the feeds"):
     with open(feed + ".tmp", "w", encoding="utf-8") as out:
         json.dump({"at": time.time(), "headlines": ["fsqueue survives kill -9"]}, out)
     os.replace(feed + ".tmp", feed)
+    emit("scraper", "feed.published", headlines=1)  # telemetry: one line, no lock; sealed when the writer is gone
     print("beating", flush=True)  # the first beat and the feed are on disk: the demo may go on
     threading.Event().wait()  # nothing else to do; the heartbeat thread beats until kill -9 ends the process
 """
@@ -100,11 +103,13 @@ here=$(dirname "$0")
 if fsqueue check scraper; then
     cp "$here/feed.json" "$here/last-good-feed.json"
     fsqueue beat writer --state ok --message "digest from the fresh feed"
+    fsqueue emit writer digest --field mode=full
     echo "writer: fsqueue check scraper exited 0: full mode, digest from the fresh feed"
 else
     status=$?
     [ "$status" -eq 6 ] || exit "$status"  # 6 is "stale"; anything else is an error, not a dead upstream
     fsqueue beat writer --state degraded --message "scraper is stale; digest from the last good feed"
+    fsqueue emit writer digest --field mode=degraded
     echo "writer: fsqueue check scraper exited $status: degraded mode, digest from the last good feed"
 fi
 """
@@ -323,7 +328,10 @@ def degraded_mode(start: float) -> None:
     say("writer.sh again, 1.5 s after the last beat: it does not hang waiting for a feed that is not coming")
     run_writer()
     say("fsqueue agents: fsqueue run beat for agent-N; the scraper is late, its process gone; the writer is degraded")
+    fsq("spool", "collect")  # the killed scraper's open segment is sealed on proof of its death, then archived
     show(fsq("agents"))
+    say("fsqueue spool export --agent scraper --agent writer: the same story, from the telemetry")
+    show(fsq("spool", "export", "--agent", "scraper", "--agent", "writer"))
     say("fsqueue watchdog --once notices the silence too")
     sweep = subprocess.run([*FSQ, "watchdog", "--once"], env=env(), capture_output=True, text=True, check=False)
     if sweep.returncode != 0:
@@ -370,7 +378,8 @@ def farm() -> None:
     show(fsq("show", "slow-report"))
     say("fsqueue show slow-digest")
     show(fsq("show", "slow-digest"))
-    say("fsqueue status")
+    say("fsqueue spool collect (the agents' telemetry, archived exactly once), then fsqueue status")
+    fsq("spool", "collect")
     show(fsq("status"))
     final = status()
     counts = final["tasks"]

@@ -135,7 +135,7 @@ def _orphan(store: Store, record: dict[str, Any]) -> bool:
     from ._breaker import read_halt
 
     current = read_halt(store)
-    if current is not None and current.id == halt_id:
+    if current is not None and current.id in (halt_id, "unreadable"):  # cannot prove an orphan: keep it
         return False
     breaker = store.layout.sub("breaker")
     return not any(n.startswith(f"halt-{halt_id}-") for n in os.listdir(breaker))

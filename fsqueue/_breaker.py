@@ -10,6 +10,7 @@ process sends the alert (``_alerts``) -- one alert per trip however many process
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -80,9 +81,12 @@ def read_halt(store: Store) -> Halt | None:
     try:
         obj = json.loads(data)
         rule = obj.get("rule")
+        at = float(obj["at"])
+        if not (math.isfinite(at) and 0 <= at < 1e11):  # later code formats it as a local time
+            raise ValueError(f"halt time {at!r} is out of range")
         return Halt(
             str(obj["id"]),
-            float(obj["at"]),
+            at,
             str(obj["reason"]),
             str(obj.get("agent", "")),
             None if not rule else Rule(str(rule["agent"]), int(rule["max_outputs"]), float(rule["window"])),
@@ -238,7 +242,10 @@ def resume(store: Store) -> Halt | None:
 
 
 def log_event(store: Store, event: str, **fields: Any) -> None:
-    """Append one line to ``breaker/log.jsonl`` (halts and resumes: the audit trail)."""
+    """Append one line to ``breaker/log.jsonl`` (halts and resumes: the audit trail), and to the spool."""
+    from ._spool import record_event
+
+    record_event(store.root, "fsqueue", f"breaker.{event}", **fields)
     owner = current_owner()
     line = (
         json.dumps(

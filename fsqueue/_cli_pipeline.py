@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-from .cli import EXIT_UPSTREAM_STALE, Context, _ago, _errors, _json_out, _table, _when, cli, pass_ctx
+from .cli import EXIT_UPSTREAM_STALE, Context, _ago, _errors, _json_out, _table, _telemetry, _when, cli, pass_ctx
 
 
 @cli.command()
@@ -47,13 +48,16 @@ def beat(ctx: Context, agent: str, state: str, message: str, interval: float | N
 def agents(ctx: Context, as_json: bool) -> None:
     """Every agent that beats: state, last beat, age, verdict (ok / late / down), pid, alive."""
     with _errors(ctx.debug):
-        infos = ctx.queue().agents()
+        queue = ctx.queue()
+        infos = queue.agents()
+        telemetry = _telemetry(queue.root)
+    rollups: dict[str, Any] = telemetry["agents"] if telemetry else {}
     if as_json:
-        _json_out([i.to_json() for i in infos])
+        _json_out([{**i.to_json(), "telemetry": rollups.get(i.agent)} for i in infos])
         return
     alive = {True: "yes", False: "no", None: "?"}
     _table(
-        ["agent", "verdict", "state", "last beat", "age", "pid", "alive", "message"],
+        ["agent", "verdict", "state", "last beat", "age", "pid", "alive", "events", "errors", "message"],
         [
             [
                 i.agent,
@@ -63,6 +67,8 @@ def agents(ctx: Context, as_json: bool) -> None:
                 _ago(i.age),
                 str(i.pid or "-"),
                 alive[i.alive],
+                str(rollups[i.agent]["total"]) if i.agent in rollups else "-",
+                str(rollups[i.agent]["errors"]) if i.agent in rollups else "-",
                 i.message[:60],
             ]
             for i in infos

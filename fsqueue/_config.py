@@ -146,7 +146,7 @@ _HEARTBEAT_KEYS: Final = {
 }
 _RETRY_KEYS: Final = {"base", "max"}
 #: Sections read by other parts of fsqueue; the queue itself accepts and ignores them.
-_OTHER_SECTIONS: Final = {"watchdog"}
+_OTHER_SECTIONS: Final = {"watchdog", "spool"}
 
 
 def config_from_mapping(data: object, source: str = "config") -> Config:
@@ -286,3 +286,72 @@ def yaml_error_where(exc: Exception) -> str:
 
 def config_field_names() -> list[str]:
     return list(field_names(Config))
+
+
+# ------------------------------------------------------------------------------------------- spool
+
+_SIZE: Final = re.compile(r"\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*", re.IGNORECASE)
+_SIZE_UNIT: Final = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10}
+_SIZE_UNIT.update({"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30})
+_SPOOL_KEYS: Final = {"retention", "segment_bytes", "segment_age"}
+
+
+@frozen
+class SpoolSettings:
+    """The telemetry spool (``spool:`` section); every field has the default a user gets without a file."""
+
+    retention: float | None = 30 * 86400.0
+    """Daily archives older than this many seconds are removed by the collector (None keeps them)."""
+    segment_bytes: int = 1 << 20
+    """A writer seals its open segment once it holds this many bytes."""
+    segment_age: float = 60.0
+    """... or once it is this many seconds old (checked at the writer's next emit)."""
+
+    def __post_init__(self) -> None:
+        if self.retention is not None:
+            _positive("spool.retention", self.retention)
+        if isinstance(self.segment_bytes, bool) or not isinstance(self.segment_bytes, int):
+            raise ConfigError(f"spool.segment_bytes must be a size such as '1MiB', got {self.segment_bytes!r}")
+        if not 1024 <= self.segment_bytes <= 1 << 30:
+            raise ConfigError(f"spool.segment_bytes must be from 1KiB to 1GiB, got {self.segment_bytes!r}")
+        _positive("spool.segment_age", self.segment_age)
+
+
+def parse_size(value: object, key: str) -> int:
+    """Bytes from an integer or a string such as ``65536``, ``64k``, ``1MiB``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        return int(match.group(1)) * _SIZE_UNIT[(match.group(2) or "").lower()]
+    raise ConfigError(f"{key} must be a size such as 1048576, '64KiB' or '1MiB', got {value!r}")
+
+
+def spool_settings_from_mapping(data: object, source: str = "config") -> SpoolSettings:
+    """The ``spool:`` section of one parsed YAML document (the rest is checked by config_from_mapping)."""
+    section = data.get("spool") if isinstance(data, dict) else None
+    if section is None:
+        return SpoolSettings()
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: spool must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - _SPOOL_KEYS, key=str)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key 'spool.{unknown[0]}' (known: {', '.join(sorted(_SPOOL_KEYS))})")
+    changes: dict[str, Any] = {}
+    if "retention" in section:
+        value = section["retention"]
+        changes["retention"] = None if value is None else parse_duration(value, f"{source}: spool.retention")
+    if "segment_bytes" in section:
+        changes["segment_bytes"] = parse_size(section["segment_bytes"], f"{source}: spool.segment_bytes")
+    if "segment_age" in section:
+        changes["segment_age"] = parse_duration(section["segment_age"], f"{source}: spool.segment_age")
+    try:
+        return replace(SpoolSettings(), **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_spool_settings(path: str) -> SpoolSettings:
+    """Read a YAML config file and validate both the queue keys and its ``spool:`` section."""
+    data = read_yaml(path)
+    config_from_mapping(data, path)
+    return spool_settings_from_mapping(data, path)

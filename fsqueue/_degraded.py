@@ -10,6 +10,7 @@ it), and the downstream's own heartbeat records that it runs degraded, and why.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from ._errors import CorruptRecord
@@ -51,6 +52,8 @@ def upstream_fresh(store: Store, name: str, max_age: float | None, now: float) -
         return False, f"{name} has never beaten"
     limit = hb.interval + store.config.heartbeat_grace if max_age is None else max_age
     age = now - hb.at
+    if -age > limit:  # dated in the future beyond any tolerance: an untrustworthy clock, not a live agent
+        return False, f"{name}'s last heartbeat is dated {-age:.0f}s in the future (limit {limit:.0f}s)"
     if age > limit:
         return False, f"{name}'s last heartbeat is {age:.0f}s old (limit {limit:.0f}s)"
     if hb.state == "failed":
@@ -91,6 +94,10 @@ def upstream(
     else:
         reason = why
     states[name] = {"degraded": degraded, "since": since, "fresh_since": fresh_since}
+    if agent is not None and degraded != bool(prev.get("degraded")):
+        from ._spool import record_event
+
+        record_event(store.root, agent, "degraded" if degraded else "recovered", upstream=name, reason=reason)
     if agent is not None:
         _save_modes(store, agent, states)
         if degraded:
@@ -113,7 +120,21 @@ def _load_modes(store: Store, agent: str | None) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError):
         return {}  # missing or damaged: start without history (the answer is still right, only less sticky)
     modes = loaded.get("upstreams") if isinstance(loaded, dict) else None
-    return {k: v for k, v in modes.items() if isinstance(v, dict)} if isinstance(modes, dict) else {}
+    return {k: v for k, v in modes.items() if _valid_mode(v)} if isinstance(modes, dict) else {}
+
+
+def _valid_mode(entry: object) -> bool:
+    """An entry whose fields have the types ``upstream()`` computes with (else it is forgotten)."""
+
+    def finite(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("degraded"), bool)
+        and finite(entry.get("since"))
+        and (entry.get("fresh_since") is None or finite(entry.get("fresh_since")))
+    )
 
 
 def _save_modes(store: Store, agent: str, states: dict[str, dict[str, Any]]) -> None:

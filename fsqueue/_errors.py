@@ -82,3 +82,30 @@ __all__ = [
     "TaskExists",
     "TaskNotFound",
 ]
+
+
+# Shared state (the steward): appended after __all__ so concurrent edits stay append-only.
+class InvalidName(FsQueueError, ValueError):
+    """A shared-state document name or ticket that is not a safe file-name component."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class TicketNotFound(FsQueueError, LookupError):
+    """No pending submission and no kept outcome for a ticket."""
+
+    def __init__(self, message: str, *, ticket: str, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.ticket = ticket
+
+
+class StewardRunning(FsQueueError, RuntimeError):
+    """Another steward holds the root's singleton lock (``state/steward.lock``)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, path: str, holder_pid: int | None = None) -> None:
+        super().__init__(message, path=path)
+        self.holder_pid = holder_pid

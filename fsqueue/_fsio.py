@@ -46,7 +46,8 @@ def storage_errors(action: str, path: str, task_id: str | None = None) -> Iterat
     except FileExistsError:
         raise
     except OSError as exc:
-        raise storage_error(exc, action, exc.filename or path, task_id) from exc
+        # filename2 is the destination of a refused link()/rename(): name it, not the vanished temp file.
+        raise storage_error(exc, action, exc.filename2 or exc.filename or path, task_id) from exc
 
 
 def make_dir(path: str) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 from types import TracebackType
 
-from ._errors import CorruptRecord, InvalidPayload
+from ._errors import CorruptRecord, InvalidPayload, StorageError
 from ._frozen import frozen
 from ._fsio import publish_replace, storage_errors
 from ._identity import Owner, current_owner, owner_state
@@ -47,8 +47,12 @@ class HeartbeatRecord:
     owner: Owner
 
     def verdict(self, now: float, *, grace: float, down_after: float) -> Verdict:
-        """ok / late / down for a reader at ``now``."""
-        age = now - self.at
+        """ok / late / down for a reader at ``now``.
+
+        A beat dated ahead of ``now`` is judged by its distance too: a clock that is wrong (or a shell
+        writer that stamped microseconds) must not keep a dead agent fresh until that future time.
+        """
+        age = abs(now - self.at)
         if age <= self.interval + grace:
             return "ok"
         if age <= down_after * self.interval + grace:
@@ -158,7 +162,7 @@ def list_agents(store: Store) -> list[AgentInfo]:
             hb = read_beat(store, name)
         except InvalidPayload:
             continue
-        except CorruptRecord as exc:
+        except (CorruptRecord, StorageError) as exc:  # damaged or unreadable (EACCES): listed as corrupt
             out.append(AgentInfo(name, "corrupt", error=str(exc)))
             continue
         if hb is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from ._digest import sha256_hex
 from ._fsio import make_dir, publish_new, unlink_quietly
@@ -54,7 +55,14 @@ def _ensure(path: str, staging_dir: str, owner: Owner) -> None:
     try:
         make_dir(path)
     except FileExistsError:
-        if os.path.lexists(os.path.join(path, "owner.json")):
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            # A planted symlink (or file): following it would write owner.json and lock links outside
+            # the root, and hide a dead owner from the sweep. Move it aside and make the real directory.
+            root = os.path.dirname(os.path.dirname(path))
+            aside = f"{os.getpid()}-{os.urandom(4).hex()}-owner-{os.path.basename(path)}"
+            os.rename(path, os.path.join(root, "quarantine", aside))
+            make_dir(path)
+        elif os.path.lexists(os.path.join(path, "owner.json")):
             return
     try:
         publish_new(staging_dir, encode_owner(owner), os.path.join(path, "owner.json"), durable=False)

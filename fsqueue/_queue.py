@@ -150,7 +150,8 @@ class Queue(Inspection):
                     remove_entry(layout.ready, rel)
                 except OSError:
                     pass  # e.g. a read-only filesystem: a marker without a record is a harmless leftover
-                raise storage_error(exc, "enqueue task into", layout.record(task_id), task_id) from exc
+                where = exc.filename2 or exc.filename or layout.record(task_id)  # the refused path itself
+                raise storage_error(exc, "enqueue task into", where, task_id) from exc
         if agent:
             record_output(self, agent)
         return task_id

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import CorruptRecord
-from ._fsio import exists_nofollow, publish_new, read_nofollow, storage_error
+from ._fsio import publish_new, read_nofollow, storage_error
 from ._index import Listings
 from ._layout import Layout, create_root, default_root, open_root
 from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
@@ -90,11 +90,19 @@ class Store:
         return self._read(path, lambda data, p: parse_final(data, p, state))
 
     def finished_state(self, task_id: str) -> Literal["done", "dead"] | None:
-        """Whether a done or dead record exists: it is the commit point and wins over everything else."""
-        if exists_nofollow(self.layout.done(task_id)):
-            return "done"
-        if exists_nofollow(self.layout.dead(task_id)):
-            return "dead"
+        """Whether a done or dead record exists: it is the commit point and wins over everything else.
+
+        Only a regular file counts: a symlink (or anything else) planted there is moved aside, never
+        obeyed -- obeying it would drop the pending task as if it had finished. Called under the guard.
+        """
+        for state, path in (("done", self.layout.done(task_id)), ("dead", self.layout.dead(task_id))):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                return "done" if state == "done" else "dead"
+            self.quarantine(path, "not a regular file where a final record belongs")
         return None
 
     def quarantine(self, path: str, reason: str, *, copy: bool = False) -> str | None:

@@ -368,15 +368,20 @@ def break_lock(
     force: bool = False,
     expect_token: str | None = None,
     reason: str = "",
+    blocking: bool = True,
 ) -> tuple[BreakOutcome, Verdict, LockRecord | None] | None:
     """Break the lock of ``task_id`` if, judged under the guard, its verdict is in ``allow`` (or forced).
 
     Identity-checked: the judgement and the removal happen under the task's guard, so no claim, renew
     or commit can slip in between (never "stat, then unlink by name"). ``expect_token`` additionally
-    pins the exact claim a caller judged earlier. Returns None when nothing was broken.
+    pins the exact claim a caller judged earlier. Returns None when nothing was broken -- also, with
+    ``blocking=False``, when the guard is held: a sweep must not wait on a holder that was stopped
+    (SIGSTOP, a debugger, Ctrl-Z) in the middle of a transition, or every other dead holder waits too.
     """
     layout = store.layout
-    with guarded(layout.guard(task_id)):
+    with guarded(layout.guard(task_id), blocking=blocking) as held:
+        if not held:
+            return None
         lock: LockRecord | None = None
         st: os.stat_result | None = None
         try:

@@ -89,3 +89,15 @@ def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path: Path) -> Non
     assert proc.returncode == 1
     assert "is not a demo farm" in proc.stderr
     assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_demo_status_shows_the_telemetry_rollups(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The agents' telemetry is collected: status has per-agent rollups, export tells the degraded story."""
+    _, proc = demo
+    out = proc.stdout
+    assert "    telemetry  collected " in out
+    assert any(line.split()[:1] == ["AGENT"] and "ERRORS" in line.split() for line in out.splitlines())
+    assert '"agent":"scraper"' in out and '"event":"feed.published"' in out
+    assert '"event":"digest","fields":{"mode":"degraded"}' in out
+    errors = sum(int(line.split()[2]) for line in out.splitlines() if line.startswith("    agent-") and "ago" in line)
+    assert errors == 3  # one error event per flaky task's failed first attempt

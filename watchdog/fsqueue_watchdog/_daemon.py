@@ -152,6 +152,7 @@ def hold_singleton(root: str, *, wait: bool) -> Any:
     """Take the one-watchdog-per-root lock (filelock's flock); raise AlreadyRunning if held."""
     from filelock import FileLock, Timeout
 
+    from fsqueue._fsio import publish_replace, storage_error, storage_errors
     from fsqueue._layout import open_root
 
     open_root(root)  # a missing root, or one that is not a queue, is a clear error before any lock file
@@ -167,11 +168,16 @@ def hold_singleton(root: str, *, wait: bool) -> Any:
             "stop it first, or pass --wait to take over when it exits",
             path=path,
         ) from None
-    from fsqueue._fsio import publish_replace
-
+    except OSError as exc:  # after Timeout, which is an OSError too: a full disk, a root it may not write
+        raise storage_error(exc, "take the watchdog lock", path) from exc
     # Staged in staging/ with O_EXCL|O_NOFOLLOW: a symlink planted in the root is never written through.
     staging = os.path.join(os.path.abspath(root), "staging")
-    publish_replace(staging, f"{os.getpid()}\n".encode(), pid_path, durable=False)
+    try:
+        with storage_errors("write the watchdog pid file", pid_path):
+            publish_replace(staging, f"{os.getpid()}\n".encode(), pid_path, durable=False)
+    except BaseException:
+        lock.release()
+        raise
     return lock
 
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from fsqueue import Config, ConfigError
-from fsqueue._config import config_from_mapping, parse_duration, read_yaml
+from fsqueue._config import SpoolSettings, config_from_mapping, parse_duration, read_yaml, spool_settings_from_mapping
 
 LogFormat = Literal["text", "json"]
 
-_KEYS: Final = {"interval", "grace", "staging_max_age", "repair_every", "retention", "metrics", "log_format"}
+_KEYS: Final = {
+    "interval",
+    "grace",
+    "staging_max_age",
+    "repair_every",
+    "retention",
+    "metrics",
+    "log_format",
+    "collect_spool",
+    "steward",
+}
 _RETENTION_KEYS: Final = {"done", "dead"}
 
 
@@ -33,6 +43,12 @@ class WatchdogSettings:
     metrics: str | None = None
     """Path of a Prometheus text file (node_exporter textfile collector) written after each sweep."""
     log_format: LogFormat = "text"
+    collect_spool: bool = True
+    """Archive sealed telemetry segments in each sweep (``fsqueue spool collect``), if ``spool/`` exists."""
+    steward: bool = False
+    """Apply pending shared-state updates in each sweep, unless a ``fsqueue steward`` runs."""
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    """The ``spool:`` section (archive retention), used by the collect step."""
 
     def __post_init__(self) -> None:
         for key in ("interval", "staging_max_age", "repair_every"):
@@ -48,9 +64,10 @@ class WatchdogSettings:
 def settings_from_mapping(data: object, source: str = "config") -> tuple[Config, WatchdogSettings]:
     """The queue settings and the watchdog settings of one parsed YAML document."""
     config = config_from_mapping(data, source)
+    spool = spool_settings_from_mapping(data, source)
     section = data.get("watchdog") if isinstance(data, dict) else None
     if section is None:
-        return config, WatchdogSettings()
+        return config, WatchdogSettings(spool=spool)
     if not isinstance(section, dict):
         raise ConfigError(f"{source}: watchdog must be a mapping, got {section!r}")
     unknown = sorted(set(section) - _KEYS, key=str)
@@ -79,8 +96,13 @@ def settings_from_mapping(data: object, source: str = "config") -> tuple[Config,
         changes["metrics"] = metrics
     if "log_format" in section:
         changes["log_format"] = section["log_format"]
+    for key in ("collect_spool", "steward"):
+        if key in section:
+            if not isinstance(section[key], bool):
+                raise ConfigError(f"{source}: watchdog.{key} must be true or false, got {section[key]!r}")
+            changes[key] = section[key]
     try:
-        return config, replace(WatchdogSettings(), **changes)
+        return config, replace(WatchdogSettings(spool=spool), **changes)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

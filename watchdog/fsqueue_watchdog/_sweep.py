@@ -46,11 +46,16 @@ class SweepReport:
     repairs: Counter[str] = field(default_factory=Counter)
     oldest_pending_age: float | None = None
     agents: Counter[str] = field(default_factory=Counter)
+    spool_lines: int = 0
+    state_applied: int = 0
 
     def status_line(self) -> str:
         broke = sum(self.breaks.values())
         return f"last sweep: {self.locks} locks, {broke} broken, {sum(self.repairs.values())} repaired"
 
+
+#: Collect batches per sweep (each up to 64 segments / 32 MiB): a telemetry flood cannot stall a sweep.
+SPOOL_BATCHES = 4
 
 _EXPIRED: frozenset[Verdict] = frozenset({"expired", "dead", "corrupt"})
 
@@ -89,6 +94,10 @@ class Sweeper:
         self._guarded_pass("locks", lambda: self._locks_pass(report, now))
         self._guarded_pass("repair", lambda: self.repairer.run(report, now, force=self._first))
         self._guarded_pass("alerts", lambda: self.alerting.run(report))
+        if self.settings.collect_spool:
+            self._guarded_pass("spool", lambda: self._spool_pass(report))
+        if self.settings.steward:
+            self._guarded_pass("steward", lambda: self._steward_pass(report))
         self._first = False
         if self.persist:
             try:
@@ -102,6 +111,29 @@ class Sweeper:
         report.duration = time.monotonic() - started
         self.breaks_total.update(report.breaks)
         return report
+
+    def _spool_pass(self, report: SweepReport) -> None:
+        """Archive sealed telemetry, a bounded amount per sweep; quiet unless something was wrong."""
+        if not os.path.isdir(os.path.join(self.queue.root, "spool")):
+            return  # nobody has emitted here: do not create spool/ in every queue
+        from fsqueue._collect import collect
+
+        # Real time, not the queue clock: telemetry lines carry wall-clock stamps (retention, days).
+        got = collect(self.queue.root, settings=self.settings.spool, max_batches=SPOOL_BATCHES)
+        report.spool_lines += got.lines
+        if got.anomalies() or got.sealed:
+            self.log.action("spool", reason=got.summary())
+
+    def _steward_pass(self, report: SweepReport) -> None:
+        """Apply pending shared-state updates unless a ``fsqueue steward`` daemon holds the root."""
+        from fsqueue._steward import steward_step
+
+        # Real time, not the queue clock: tickets are wall-clock stamps and outcomes expire by them.
+        got = steward_step(self.queue.root, config=self.queue.config, max_rounds=4)
+        if got is not None:
+            report.state_applied += got.applied
+            if got.repaired or got.quarantined:
+                self.log.action("steward", reason=got.summary())
 
     def _guarded_pass(self, name: str, run: Callable[[], None]) -> None:
         try:
@@ -193,8 +225,9 @@ class Sweeper:
                 key = (st.st_ino, st.st_mtime_ns)
                 if self._expired_seen.get(task_id) == key:
                     self._break(task_id, _EXPIRED, report, reason="lease expired on two consecutive sweeps")
-                else:
-                    seen[task_id] = key
+                # Kept even after a break attempt: one skipped because its guard was busy is retried next
+                # sweep, while a broken or renewed lock never matches this inode and mtime again.
+                seen[task_id] = key
             elif unindexed and self._first:
                 # After a power loss an owner link may not have reached the disk; the first sweep of a
                 # boot therefore reads the unindexed locks once and breaks those whose owner is dead.
@@ -220,9 +253,17 @@ class Sweeper:
         except CorruptRecord:
             token = None
             allow = allow | {"corrupt"}
+        except (FsQueueError, OSError) as exc:  # unreadable (EACCES, EIO): report it, go on with the others
+            self.log.action("error", task=task_id, reason=f"cannot read lock: {exc}")
+            return
         try:
             got = break_lock(
-                self.queue, task_id, allow=allow, expect_token=token, reason=f"lease broken by the watchdog: {reason}"
+                self.queue,
+                task_id,
+                allow=allow,
+                expect_token=token,
+                reason=f"lease broken by the watchdog: {reason}",
+                blocking=False,  # a guard held by a stopped process is retried next sweep, not waited on
             )
         except (FsQueueError, OSError) as exc:
             self.log.action("error", task=task_id, reason=f"cannot break lock: {exc}")
