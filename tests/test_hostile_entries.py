@@ -1,14 +1,16 @@
 """Entries planted in the queue root by any member of its group: nothing hangs, crashes or wedges.
 
-A FIFO, a stray directory or an over-long name where fsqueue expects one of its own files must never
-block an open, stop a claim, or crash a sweep: the queue keeps serving tasks and the watchdog keeps
-breaking expired leases. Operations that could block run in a thread joined with a timeout, so a
-regression fails the test instead of hanging it.
+A FIFO, a stray directory, an over-long name or a symlink where fsqueue expects one of its own files must
+never block an open, stop a claim, crash a sweep, or make fsqueue write outside its root: the queue keeps
+serving tasks and the watchdog keeps breaking expired leases. Operations that could block run in a thread
+joined with a timeout, so a regression fails the test instead of hanging it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -19,8 +21,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fsqueue import Claim, ManualClock, Queue
+from fsqueue import Claim, Config, CorruptRecord, ManualClock, PipelineHalted, Queue, Rule
+from fsqueue._identity import current_owner
 from fsqueue._layout import guard_shard
+from fsqueue._owners import owner_key
 from fsqueue_watchdog import ActionLog, AlreadyRunning, Sweeper, WatchdogSettings, hold_singleton
 
 T = TypeVar("T")
@@ -295,3 +299,116 @@ def test_symlink_at_watchdog_pid_paths_is_never_written_through(queue: Queue, tm
             hold_singleton(str(queue.root), wait=False)
     finally:
         lock.release()
+
+
+# -- symlinks planted where fsqueue keeps its other records ------------------------------------------------
+# (test_bad_input.py covers locks, task records, queue subdirectories, ready/ and guards.)
+
+
+def plant(link: str, tmp_path: Path) -> tuple[Path, tuple[bytes, int]]:
+    """A symlink at ``link`` to a precious file outside the root; returns the target and how it looked."""
+    target = tmp_path / "outside" / f"precious-{os.path.basename(link)}"
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(b"precious\n")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(target, link)
+    return target, (target.read_bytes(), target.stat().st_mtime_ns)
+
+
+def untouched(target: Path) -> tuple[bytes, int]:
+    return target.read_bytes(), target.stat().st_mtime_ns
+
+
+def _window(queue: Queue) -> str:
+    digest = hashlib.md5(b"poster", usedforsecurity=False).hexdigest()  # protocol.md: breaker/<md5 of agent>.window
+    return os.path.join(queue.layout.sub("breaker"), f"{digest}.window")
+
+
+#: Records replaced whole at each write: (where the symlink is planted, the write that replaces it).
+REPLACED_RECORDS: dict[str, tuple[Callable[[Queue], str], Callable[[Queue], object]]] = {
+    "heartbeat": (lambda q: os.path.join(q.layout.sub("status"), "up.heartbeat"), lambda q: q.beat("up")),
+    "modes": (
+        lambda q: os.path.join(q.layout.sub("status"), "down.modes"),
+        lambda q: q.upstream("up", agent="down"),
+    ),
+    "breaker-window": (_window, lambda q: q.record_output("poster")),
+    "watchdog-state": (
+        lambda q: os.path.join(q.root, "watchdog.state.json"),
+        lambda q: Sweeper(q, WatchdogSettings(), action_log()).sweep(),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REPLACED_RECORDS))
+def test_symlink_at_a_replaced_record_is_replaced_never_written_through(
+    root: Path, clock: ManualClock, tmp_path: Path, kind: str
+) -> None:
+    """A symlink at a heartbeat, .modes, breaker window or watchdog state is read as no record and replaced."""
+    queue = Queue(root, create=True, clock=clock, config=Config(rules=(Rule("poster", 5, 600),)))
+    where, write = REPLACED_RECORDS[kind]
+    link = where(queue)
+    target, before = plant(link, tmp_path)
+    for _ in range(2):
+        finishes(lambda: write(queue))
+    assert untouched(target) == before
+    assert not os.path.islink(link) and stat.S_ISREG(os.lstat(link).st_mode)
+    assert json.loads(Path(link).read_text())["format"] == "fsqueue/1"
+
+
+def test_symlink_at_a_heartbeat_is_reported_corrupt_not_followed(queue: Queue, tmp_path: Path) -> None:
+    """Reading a heartbeat that is a symlink names it; agents lists it corrupt; upstream is degraded."""
+    link = os.path.join(queue.layout.sub("status"), "up.heartbeat")
+    target, before = plant(link, tmp_path)
+    with pytest.raises(CorruptRecord, match="symlink"):
+        queue.last_beat("up")
+    assert [(info.agent, info.verdict) for info in queue.agents()] == [("up", "corrupt")]
+    assert queue.upstream("up").degraded
+    assert untouched(target) == before
+
+
+def test_symlink_at_halt_file_halts_and_resume_moves_the_link(queue: Queue, tmp_path: Path) -> None:
+    """A symlinked halt.json halts (fail closed) without being read through; resume moves the link itself."""
+    queue.enqueue("waiting", id="waiting")
+    link = os.path.join(queue.root, "halt.json")
+    target, before = plant(link, tmp_path)
+    for action in (lambda: queue.claim("w"), lambda: queue.enqueue("refused")):
+        with pytest.raises(PipelineHalted, match="cannot be read"):
+            action()
+    lifted = queue.resume()
+    assert lifted is not None and lifted.id == "unreadable"
+    (moved,) = Path(queue.layout.sub("breaker")).glob("halt-unreadable-*.json")
+    assert moved.is_symlink() and not os.path.lexists(link)
+    assert untouched(target) == before
+    assert claimed(queue).id == "waiting"
+
+
+def test_symlink_at_an_alert_record_is_left_alone(queue: Queue, clock: ManualClock, tmp_path: Path) -> None:
+    """A symlink in alerts/ is never read through nor sent: the sweep leaves it and carries on."""
+    link = os.path.join(queue.layout.sub("alerts"), "halt-0123456789abcdef.json")
+    target, before = plant(link, tmp_path)
+    log = action_log()
+    finishes(lambda: Sweeper(queue, WatchdogSettings(), log, persist=False).sweep())
+    assert os.path.islink(link) and untouched(target) == before
+    assert "pass failed" not in logged(log)
+
+
+@pytest.mark.parametrize("final", ["done", "dead"])
+def test_symlink_at_a_final_record_does_not_finish_a_pending_task(
+    queue: Queue, clock: ManualClock, tmp_path: Path, final: str
+) -> None:
+    """A symlink planted at done/ or dead/ is not a commit: the pending task is kept and still claimed."""
+    queue.enqueue("victim", id="victim")
+    link = queue.layout.done("victim") if final == "done" else queue.layout.dead("victim")
+    plant(link, tmp_path)
+    claim = queue.claim("w")
+    assert claim is not None and claim.id == "victim"
+
+
+def test_symlink_at_this_processs_owner_directory_is_not_written_through(queue: Queue, tmp_path: Path) -> None:
+    """A symlink planted at owners/<key> of the claiming process gets nothing written through it."""
+    outside = tmp_path / "outside-owner"
+    outside.mkdir()
+    os.symlink(outside, os.path.join(queue.layout.owners, owner_key(current_owner())), target_is_directory=True)
+    queue.enqueue("x", id="job-1")
+    claimed(queue).complete()
+    assert list(outside.iterdir()) == []
