@@ -2,9 +2,12 @@
 
 Task commands append one line per event to a file the queue does not manage::
 
-    start  <task> <pid> <token>    the command began working on a claim
-    commit <task> <pid> <token>    complete() returned for that claim (written only after it returned)
-    fenced <task> <pid> <token>    complete() raised LeaseLost: the claim was refused
+    start  <task> <pid> <token> [<time>]    the command began working on a claim
+    commit <task> <pid> <token> [<time>]    complete() returned for that claim (written only after it returned)
+    fenced <task> <pid> <token> [<time>]    complete() raised LeaseLost: the claim was refused
+
+The optional fifth field is the wall-clock time of the event in seconds (``time.time()``, or bash's
+``$EPOCHREALTIME``); the chaos harness (``tests/chaos/``) uses it to measure recovery latency.
 
 Each line is a single ``os.write`` on an ``O_APPEND`` descriptor, so lines from concurrent writers never
 interleave (a short write to a regular file opened for append is atomic). The checker then reads
@@ -32,6 +35,7 @@ class Line:
     task: str
     pid: int
     token: str
+    at: float | None = None
 
 
 def open_history(path: str | os.PathLike[str]) -> int:
@@ -39,9 +43,10 @@ def open_history(path: str | os.PathLike[str]) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
-def append(fd: int, kind: Kind, task: str, pid: int, token: str) -> None:
+def append(fd: int, kind: Kind, task: str, pid: int, token: str, at: float | None = None) -> None:
     """Append one line in one write; a short write would tear the history, so it is an error."""
-    data = f"{kind} {task} {pid} {token}\n".encode()
+    stamp = "" if at is None else f" {at:.6f}"
+    data = f"{kind} {task} {pid} {token}{stamp}\n".encode()
     written = os.write(fd, data)
     if written != len(data):
         raise OSError(f"short append to the history: {written} of {len(data)} bytes")
@@ -53,11 +58,21 @@ def parse_history(path: str | os.PathLike[str]) -> list[Line]:
     with open(path, encoding="utf-8") as handle:
         for number, text in enumerate(handle, 1):
             parts = text.split()
-            if not text.endswith("\n") or len(parts) != 4 or parts[0] not in KINDS or not parts[2].isdigit():
+            if not text.endswith("\n") or len(parts) not in (4, 5) or parts[0] not in KINDS or not parts[2].isdigit():
                 raise ValueError(f"{path}:{number}: malformed history line {text!r}")
             kind: Kind = parts[0]  # type: ignore[assignment]  # checked against KINDS above
-            lines.append(Line(kind, parts[1], int(parts[2]), parts[3]))
+            lines.append(Line(kind, parts[1], int(parts[2]), parts[3], _stamp(parts[4:], path, number)))
     return lines
+
+
+def _stamp(rest: list[str], path: str | os.PathLike[str], number: int) -> float | None:
+    """The optional time field; a torn or garbled one is an error like any malformed line."""
+    if not rest:
+        return None
+    try:
+        return float(rest[0])
+    except ValueError:
+        raise ValueError(f"{path}:{number}: malformed time {rest[0]!r} in the history") from None
 
 
 def read_finals(root: str | os.PathLike[str], state: Literal["done", "dead"]) -> dict[str, dict[str, Any]]:
