@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_UPSTREAM_STALE, Context, _ago, _errors, _json_out, _table, _telemetry, _when, cli, pass_ctx
+from .cli import EXIT_UPSTREAM_STALE, Context, _ago, _errors, _json_out, _table, _when, cli, pass_ctx
 
 
 @cli.command()
@@ -46,11 +46,13 @@ def beat(ctx: Context, agent: str, state: str, message: str, interval: float | N
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def agents(ctx: Context, as_json: bool) -> None:
-    """Every agent that beats: state, last beat, age, verdict (ok / late / down), pid, alive."""
+    """Every agent that beats: state, last beat, age, verdict (ok / late / down), pid, alive, telemetry."""
+    from ._cli_spool import read_telemetry
+
     with _errors(ctx.debug):
         queue = ctx.queue()
         infos = queue.agents()
-        telemetry = _telemetry(queue.root)
+        telemetry = read_telemetry(queue.root)
     rollups: dict[str, Any] = telemetry["agents"] if telemetry else {}
     if as_json:
         _json_out([{**i.to_json(), "telemetry": rollups.get(i.agent)} for i in infos])

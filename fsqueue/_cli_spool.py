@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
+import time
 
 import click
 
@@ -157,3 +159,39 @@ def spool_status_command(ctx: Context, as_json: bool) -> None:
                 for r in rollups.values()
             ],
         )
+
+
+def read_telemetry(root: str) -> dict[str, Any] | None:
+    """Per-agent rollups of collected telemetry and the segments waiting; None when nothing was emitted."""
+    if not os.path.isdir(os.path.join(root, "spool")):
+        return None
+    from ._collect import read_rollups
+    from ._export import spool_status
+
+    spool = spool_status(root)
+    return {
+        "waiting": spool["segments"],
+        "collected_at": spool["collected_at"],
+        "agents": {name: rollup.to_json() for name, rollup in sorted(read_rollups(root).items())},
+    }
+
+
+def echo_telemetry(telemetry: dict[str, Any]) -> None:
+    waiting = telemetry["waiting"]
+    collected = telemetry["collected_at"]
+    click.echo(
+        f"telemetry  collected {_when(collected) if collected else 'never'}; "
+        f"segments open {waiting['open']}, sealed {waiting['ready']}"
+    )
+    rows = [
+        [
+            name,
+            str(r["total"]),
+            str(r["errors"]),
+            f"{r['last_event']} {_ago(time.time() - r['last_at'])} ago",
+            f"{r['last_error'][:40]} {_ago(time.time() - r['last_error_at'])} ago" if r["last_error_at"] else "-",
+        ]
+        for name, r in telemetry["agents"].items()
+    ]
+    if rows:
+        _table(["agent", "events", "errors", "last event", "last error"], rows)

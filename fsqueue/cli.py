@@ -380,9 +380,11 @@ def requeue(ctx: Context, task_id: str) -> None:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Counts by state, oldest pending age, locks by owner state, telemetry per agent."""
+    from ._cli_spool import echo_telemetry, read_telemetry
+
     with _errors(ctx.debug):
         info = ctx.queue().status()
-        telemetry = _telemetry(info["root"])
+        telemetry = read_telemetry(info["root"])
     if telemetry is not None:
         info["telemetry"] = telemetry
     if as_json:
@@ -399,45 +401,7 @@ def status(ctx: Context, as_json: bool) -> None:
         who = f" (agent {halt['agent']}, pid {halt['pid']} on {halt['host']})" if halt["agent"] else ""
         click.echo(f"HALTED  {_when(halt['at'])}: {halt['reason']}{who}; `fsqueue resume` to continue")
     if telemetry is not None:
-        _echo_telemetry(telemetry)
-
-
-def _telemetry(root: str) -> dict[str, Any] | None:
-    """Per-agent rollups of collected telemetry and the segments waiting; None when nothing was emitted."""
-    import os
-
-    if not os.path.isdir(os.path.join(root, "spool")):
-        return None
-    from ._collect import read_rollups
-    from ._export import spool_status
-
-    spool = spool_status(root)
-    return {
-        "waiting": spool["segments"],
-        "collected_at": spool["collected_at"],
-        "agents": {name: rollup.to_json() for name, rollup in sorted(read_rollups(root).items())},
-    }
-
-
-def _echo_telemetry(telemetry: dict[str, Any]) -> None:
-    waiting = telemetry["waiting"]
-    collected = telemetry["collected_at"]
-    click.echo(
-        f"telemetry  collected {_when(collected) if collected else 'never'}; "
-        f"segments open {waiting['open']}, sealed {waiting['ready']}"
-    )
-    rows = [
-        [
-            name,
-            str(r["total"]),
-            str(r["errors"]),
-            f"{r['last_event']} {_ago(time.time() - r['last_at'])} ago",
-            f"{r['last_error'][:40]} {_ago(time.time() - r['last_error_at'])} ago" if r["last_error_at"] else "-",
-        ]
-        for name, r in telemetry["agents"].items()
-    ]
-    if rows:
-        _table(["agent", "events", "errors", "last event", "last error"], rows)
+        echo_telemetry(telemetry)
 
 
 @cli.command(
