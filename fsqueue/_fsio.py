@@ -10,13 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ._errors import StorageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import TracebackType
     from typing import Final
 
 MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
@@ -36,18 +35,26 @@ def storage_error(exc: OSError, action: str, path: str, task_id: str | None = No
     return StorageError(f"cannot {action} {path}: {hint}", path=path, task_id=task_id, errno=exc.errno)
 
 
-@contextmanager
-def storage_errors(action: str, path: str, task_id: str | None = None) -> Iterator[None]:
-    """Turn a bare OSError raised inside into a StorageError naming the action, path and remedy."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except FileExistsError:
-        raise
-    except OSError as exc:
+class storage_errors:  # used as a function: ``with storage_errors(...)``
+    """Turn a bare OSError raised inside into a StorageError naming the action, path and remedy.
+
+    A class, not ``@contextmanager``: ``contextlib`` is start-up cost for every cron run, and this runs
+    on every transition.
+    """
+
+    __slots__ = ("action", "path", "task_id")
+
+    def __init__(self, action: str, path: str, task_id: str | None = None) -> None:
+        self.action, self.path, self.task_id = action, path, task_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not isinstance(exc, OSError) or isinstance(exc, StorageError | FileExistsError):
+            return
         # filename2 is the destination of a refused link()/rename(): name it, not the vanished temp file.
-        raise storage_error(exc, action, exc.filename2 or exc.filename or path, task_id) from exc
+        raise storage_error(exc, self.action, exc.filename2 or exc.filename or self.path, self.task_id) from exc
 
 
 def make_dir(path: str) -> None:
