@@ -89,10 +89,12 @@ def daemon_rss_kib(root: Path, sweeps: int = 4) -> int:
 
 
 def peak_rss_kib(root: Path) -> int:
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would report at least the RSS of the parent
+    # that forked the child (a suite holding big queues shows 48 MB for a 27 MB watchdog).
     code = (
-        "import resource, sys; from fsqueue_watchdog.cli import main; sys.argv=['w','--root',sys.argv[1],'--once'];\n"
+        "import sys; from fsqueue_watchdog.cli import main; sys.argv=['w','--root',sys.argv[1],'--once'];\n"
         "try:\n main()\nexcept SystemExit:\n pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(next(ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
