@@ -174,8 +174,13 @@ def fencing(ev: Evidence) -> dict[str, Any]:
         counts["stopped_inside_a_transition"] += bool(stop.get("in_transition"))
         for task, token in stop["held"]:
             counts["stopped_claims"] += 1
+            # A break whose outcome is "cleaned" found the task already committed (the holder was stopped
+            # inside its commit, after the done record): it removed leftovers and broke no live claim.
             broken = any(
-                b["task"] == task and b.get("pid") == stop["pid"] and stop["t"] <= b["t"] <= until + ev.run.profile.ttl
+                b["task"] == task
+                and b.get("pid") == stop["pid"]
+                and b.get("outcome") != "cleaned"
+                and stop["t"] <= b["t"] <= until + ev.run.profile.ttl
                 for b in ev.breaks_of.get(task, [])
             )
             outcome = "refused" if (task, token) in fenced else "committed" if (task, token) in committed else "other"
