@@ -26,7 +26,7 @@ import time
 
 from ._config import SpoolSettings
 from ._errors import CorruptRecord
-from ._fsio import fsync_dir, storage_errors, unlink_quietly
+from ._fsio import ensure_real_dir, fsync_dir, storage_errors, unlink_quietly
 from ._guard import guarded
 from ._identity import owner_state
 from ._ledger import (
@@ -40,7 +40,7 @@ from ._ledger import (
     write_ledger,
 )
 from ._segments import Batch, SpoolPaths, day_of, read_segment, spool_paths
-from ._spool import ensure_dir, segment_writer
+from ._spool import segment_writer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def collect(
     settings = settings or SpoolSettings()
     now = time.time() if now is None else now
     for name in ("", "open", "ready", "collecting", "archive", "tmp", "rejected"):
-        ensure_dir(paths.sub(name) if name else paths.dir)
+        ensure_real_dir(paths.sub(name) if name else paths.dir)
     report = CollectReport()
     with guarded(paths.sub("collect.lock"), blocking=wait) as held:
         if not held:

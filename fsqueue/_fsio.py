@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-from ._errors import StorageError
+from ._errors import CorruptRecord, QueueRootError, StorageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -167,3 +167,42 @@ def exists_nofollow(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def ensure_real_dir(path: str, *, durable: bool = False) -> None:
+    """Create ``path`` if missing (fsyncing its parent when durable); refuse a symlink or non-directory.
+
+    lstat, then mkdir: another writer creating the directory in between only makes mkdir fail with
+    EEXIST, which is success; a symlink planted in between is refused by the next caller's check.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            make_dir(path)
+        except FileExistsError:
+            return  # another writer created it first
+        except OSError as exc:
+            raise storage_error(exc, "create", path) from exc
+        if durable:
+            fsync_dir(os.path.dirname(path))
+        return
+    except OSError as exc:
+        raise storage_error(exc, "inspect", path) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise QueueRootError(f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root", path=path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise QueueRootError(f"{path} is not a directory; move it aside", path=path)
+
+
+def read_record_file(path: str) -> bytes | None:
+    """A whole record file without following symlinks; None when absent, CorruptRecord when not a file."""
+    try:
+        data, _ = read_nofollow(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EFBIG):
+            raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
+        raise storage_error(exc, "read", path) from exc
+    return data

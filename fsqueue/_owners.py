@@ -58,6 +58,8 @@ def _ensure(path: str, staging_dir: str, owner: Owner) -> None:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             # A planted symlink (or file): following it would write owner.json and lock links outside
             # the root, and hide a dead owner from the sweep. Move it aside and make the real directory.
+            # lstat-then-rename is safe: owners/<key> names this process alone, so no other fsqueue
+            # process creates it meanwhile; if a planter swaps the entry, mkdir below fails loudly.
             root = os.path.dirname(os.path.dirname(path))
             aside = f"{os.getpid()}-{os.urandom(4).hex()}-owner-{os.path.basename(path)}"
             os.rename(path, os.path.join(root, "quarantine", aside))

@@ -37,9 +37,17 @@ from dataclasses import dataclass, field
 from ._clock import Clock
 from ._config import Config
 from ._errors import ConfigError, CorruptRecord, StewardRunning
-from ._fsio import exists_nofollow, fsync_dir, storage_errors, unlink_quietly, write_staged
+from ._fsio import (
+    ensure_real_dir,
+    exists_nofollow,
+    fsync_dir,
+    read_record_file,
+    storage_errors,
+    unlink_quietly,
+    write_staged,
+)
 from ._mergepatch import apply_merge_patch
-from ._state import OUTCOME_BUCKET_NS, StatePaths, ensure_dir, history_versions, read_file, real_dirs
+from ._state import OUTCOME_BUCKET_NS, StatePaths, history_versions, real_dirs
 from ._staterecord import (
     MAX_DOCUMENT_BYTES,
     Outcome,
@@ -138,7 +146,7 @@ class Steward:
         """One round: decide up to ``batch`` submissions in ticket order, publish, answer, clean up."""
         paths, report = self.paths, RoundReport()
         for path in (paths.dir, paths.inbox, paths.outcomes, paths.docs):
-            ensure_dir(path, durable=self.durable)
+            ensure_real_dir(path, durable=self.durable)
         if self._floor is None:
             self._floor = _highest(self._list_inbox(report, quarantine=False))
         cut = take_cut(paths.counter, self._floor, durable=self.durable)
@@ -187,7 +195,7 @@ class Steward:
                 continue
             path = self.paths.submission(ticket)
             try:
-                data = read_file(path)
+                data = read_record_file(path)
                 if data is None:
                     continue  # removed by hand since the listing
                 sub = parse_submission(data, path, ticket)
@@ -263,7 +271,7 @@ class Steward:
         for version in history_versions(self.paths, snap.name):
             path = self.paths.history(snap.name, version)
             try:
-                data = read_file(path)
+                data = read_record_file(path)
                 older = parse_snapshot(data, path, snap.name) if data is not None else None
             except CorruptRecord:
                 continue
@@ -283,7 +291,7 @@ class Steward:
         current: Snapshot | None = None
         path = paths.current(name)
         try:
-            data = read_file(path)
+            data = read_record_file(path)
             current = parse_snapshot(data, path, name) if data is not None else None
         except CorruptRecord as exc:
             self.store.quarantine(path, str(exc))
@@ -293,7 +301,7 @@ class Steward:
                 break
             hist = paths.history(name, version)
             try:
-                data = read_file(hist)
+                data = read_record_file(hist)
                 newer = parse_snapshot(data, hist, name) if data is not None else None
             except CorruptRecord as exc:
                 self.store.quarantine(hist, str(exc))
@@ -329,7 +337,7 @@ class Steward:
     def _publish(self, snap: Snapshot) -> None:
         paths, name = self.paths, snap.name
         for path in (paths.doc(name), paths.history(name)):
-            ensure_dir(path, durable=self.durable)
+            ensure_real_dir(path, durable=self.durable)
         hist = paths.history(name, snap.version)
         with storage_errors("publish", hist):
             tmp = write_staged(paths.staging, encode_snapshot(snap), durable=self.durable)
@@ -368,7 +376,7 @@ class Steward:
                     bucket = paths.outcome_bucket(entry.ticket)
                     if bucket not in buckets:
                         self._evict_non_directory(bucket, report)
-                        ensure_dir(bucket, durable=self.durable)
+                        ensure_real_dir(bucket, durable=self.durable)
                         buckets.add(bucket)
                     try:
                         os.link(tmp, paths.outcome(entry.ticket), follow_symlinks=False)

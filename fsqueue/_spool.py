@@ -18,7 +18,6 @@ import errno
 import json
 import json.encoder
 import os
-import stat
 from _thread import allocate_lock  # threading.Lock without importing threading
 from _weakref import ref
 from itertools import count
@@ -27,7 +26,7 @@ from time import time_ns as _time_ns
 
 from ._config import SpoolSettings, load_spool_settings
 from ._errors import FsQueueError, InvalidPayload, QueueRootError
-from ._fsio import make_dir, storage_error
+from ._fsio import ensure_real_dir, storage_error
 from ._identity import Owner, boot_id, machine_id, pid_namespace, start_ticks
 from ._ids import _ID_PATTERN, MAX_ID_LENGTH
 from ._layout import ROOT_MARKER, default_root
@@ -249,7 +248,7 @@ class Spool:
         """Check the root once per process and create the spool directories on first use."""
         check_root(self.root)
         for path in (self.dir, os.path.join(self.dir, "open"), os.path.join(self.dir, "ready")):
-            ensure_dir(path)
+            ensure_real_dir(path)
         self._prefix = identity_prefix(self._pid)
         _register_exit_hook()
 
@@ -289,28 +288,6 @@ def check_root(root: str) -> None:
         raise QueueRootError(
             f"{root} is not an fsqueue root (no {ROOT_MARKER}); create one with `fsqueue init --root {root}`",
             path=root,
-        )
-
-
-def ensure_dir(path: str) -> None:
-    """Create a spool directory if missing; refuse a symlink or a non-directory (never followed)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            make_dir(path)
-        except FileExistsError:
-            pass  # another writer created it first
-        except OSError as exc:
-            raise storage_error(exc, "create", path) from exc
-        return
-    except OSError as exc:
-        raise storage_error(exc, "inspect", path) from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise QueueRootError(
-            f"{path} is a symlink or not a directory; fsqueue does not follow symlinks inside the queue root. "
-            "Move it aside and emit again.",
-            path=path,
         )
 
 

@@ -8,7 +8,6 @@ side: :func:`read`, :func:`submit`, :func:`outcome` and :func:`wait`.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import time
@@ -16,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._config import Config
-from ._errors import CorruptRecord, InvalidPayload, QueueRootError, TicketNotFound
+from ._errors import CorruptRecord, InvalidPayload, TicketNotFound
 from ._fsio import (
+    ensure_real_dir,
     exists_nofollow,
     fsync_dir,
-    make_dir,
-    read_nofollow,
+    read_record_file,
     storage_error,
     storage_errors,
     unlink_quietly,
@@ -104,26 +103,6 @@ class StatePaths:
         return base if version is None else os.path.join(base, f"{version:012d}.json")
 
 
-def ensure_dir(path: str, *, durable: bool) -> None:
-    """Create ``path`` if missing (fsyncing its parent when durable); refuse a symlink or non-directory."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            make_dir(path)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise storage_error(exc, "create", path) from exc
-        if durable:
-            fsync_dir(os.path.dirname(path))
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise QueueRootError(f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root", path=path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise QueueRootError(f"{path} is not a directory; move it aside", path=path)
-
-
 def real_dirs(*paths: str) -> bool:
     """Whether every path is a directory (False at the first absent one); CorruptRecord for a symlink or other entry.
 
@@ -146,19 +125,6 @@ def real_dirs(*paths: str) -> bool:
     return True
 
 
-def read_file(path: str) -> bytes | None:
-    """A whole record file without following symlinks; None when absent, CorruptRecord when not a file."""
-    try:
-        data, _ = read_nofollow(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EFBIG):
-            raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
-        raise storage_error(exc, "read", path) from exc
-    return data
-
-
 def history_versions(paths: StatePaths, name: str) -> list[int]:
     """The versions kept in a document's ``history/``, newest first (other names are ignored)."""
     try:
@@ -179,7 +145,7 @@ def read_snapshot(paths: StatePaths, name: str) -> Snapshot:
     if not real_dirs(paths.dir, paths.docs, paths.doc(name)):
         return Snapshot(name, 0, {})
     try:
-        data = read_file(path)
+        data = read_record_file(path)
         if data is None:
             return Snapshot(name, 0, {})  # never written (or its first publication is not finished)
         return parse_snapshot(data, path, name)
@@ -188,7 +154,7 @@ def read_snapshot(paths: StatePaths, name: str) -> Snapshot:
         for version in history_versions(paths, name):
             hist = paths.history(name, version)
             try:
-                raw = read_file(hist)
+                raw = read_record_file(hist)
                 if raw is not None:
                     return parse_snapshot(raw, hist, name)
             except CorruptRecord:
@@ -224,7 +190,7 @@ class SharedState:
         paths = self.paths
         if not self._inbox_ready:
             for path in (paths.dir, paths.inbox):
-                ensure_dir(path, durable=self.durable)
+                ensure_real_dir(path, durable=self.durable)
             self._inbox_ready = True
         with storage_errors("submit to", paths.inbox):
             tmp = write_staged(paths.staging, data, durable=self.durable)
@@ -242,7 +208,9 @@ class SharedState:
         paths = self.paths
         path = paths.outcome(validate_ticket(ticket))
         for attempt in range(2):
-            data = read_file(path) if real_dirs(paths.dir, paths.outcomes, paths.outcome_bucket(ticket)) else None
+            data = (
+                read_record_file(path) if real_dirs(paths.dir, paths.outcomes, paths.outcome_bucket(ticket)) else None
+            )
             if data is not None:
                 return parse_outcome(data, path, ticket)
             # The steward writes the outcome before it removes the submission, so a submission gone

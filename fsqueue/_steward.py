@@ -22,10 +22,10 @@ from typing import IO, TYPE_CHECKING, Any
 from ._clock import Clock
 from ._config import Config
 from ._errors import FsQueueError, StewardRunning
-from ._fsio import publish_replace, read_nofollow
+from ._fsio import ensure_real_dir, publish_replace, read_nofollow
 from ._layout import open_root
 from ._rounds import RoundReport, Steward, StewardSettings
-from ._state import StatePaths, ensure_dir
+from ._state import StatePaths
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -41,7 +41,7 @@ def hold_steward_lock(root: str | os.PathLike[str], *, wait: bool) -> BaseFileLo
     from filelock import FileLock, Timeout
 
     paths = StatePaths(open_root(os.fspath(root)).root)
-    ensure_dir(paths.dir, durable=False)
+    ensure_real_dir(paths.dir, durable=False)
     # The kernel drops a flock when its holder dies, so a killed steward never blocks its successor;
     # preserve_lock_file: the path is never unlinked (which would split waiters across two inodes).
     lock = FileLock(paths.steward_lock, timeout=-1 if wait else 0, preserve_lock_file=True)

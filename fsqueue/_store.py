@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import CorruptRecord
-from ._fsio import publish_new, read_nofollow, storage_error
+from ._fsio import publish_new, read_nofollow, read_record_file, storage_error
 from ._index import Listings
 from ._layout import Layout, create_root, default_root, open_root
 from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
@@ -58,15 +58,8 @@ class Store:
         return self.layout.root
 
     def _read(self, path: str, parse: Callable[[bytes, str], T]) -> T | None:
-        try:
-            data, _ = read_nofollow(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EFBIG):
-                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
-            raise storage_error(exc, "read", path) from exc
-        return parse(data, path)
+        data = read_record_file(path)
+        return None if data is None else parse(data, path)
 
     def read_task(self, task_id: str) -> TaskRecord | None:
         """The task record, None when absent; CorruptRecord when unreadable."""

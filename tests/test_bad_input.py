@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import IN_CI
+from fault_injection import need_root, skip_or_fail
 
 from fsqueue import (
     Claim,
@@ -117,20 +117,6 @@ def why_note(queue: Queue, name: str) -> dict[str, Any]:
     """The parsed ``.why`` note beside a quarantined entry."""
     note: dict[str, Any] = json.loads(Path(queue.layout.quarantine, name + ".why").read_text())
     return note
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip locally when the environment cannot run a test; in CI the test must run, so fail."""
-    if IN_CI:
-        pytest.fail(f"{reason} -- and CI is set, where this test must not be skipped")
-    pytest.skip(reason)
-
-
-def need_root(what: str) -> None:
-    if os.geteuid() != 0:
-        skip_or_fail(f"{what} needs root (to mount a filesystem)")
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        skip_or_fail(f"{what} needs the mount and umount commands")
 
 
 def mount(*args: str) -> None:

@@ -14,46 +14,18 @@ import json
 import os
 import stat
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from blocking import finishes
 
 from fsqueue import Claim, Config, CorruptRecord, ManualClock, PipelineHalted, Queue, Rule
 from fsqueue._identity import current_owner
 from fsqueue._layout import guard_shard
 from fsqueue._owners import owner_key
 from fsqueue_watchdog import ActionLog, AlreadyRunning, Sweeper, WatchdogSettings, hold_singleton
-
-T = TypeVar("T")
-
-#: Seconds any single operation may take before the test calls it hung.
-TIMEOUT = 5.0
-
-
-def finishes(action: Callable[[], T], *, unblock: Callable[[], None] | None = None) -> T:
-    """Run ``action`` in a thread; its result, or a test failure if it is still running after TIMEOUT."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(action())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(TIMEOUT)
-    if thread.is_alive():
-        if unblock is not None:
-            unblock()  # let the stuck thread go, so it does not outlive the test blocked in a syscall
-        pytest.fail(f"still blocked after {TIMEOUT}s")
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 def open_writer(fifo: str) -> None:

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from blocking import TIMEOUT, finishes
 
 import fsqueue_watchdog._repair as repair_module
 from fsqueue import Alerts, Claim, Config, InvalidPayload, LeaseLost, ManualClock, Queue
@@ -32,38 +33,11 @@ from fsqueue._layout import GUARD_SHARDS, guard_shard
 from fsqueue._queue import MAX_ATTEMPTS, MAX_JSON_DEPTH, MAX_SECONDS
 from fsqueue_watchdog import ActionLog, Sweeper, WatchdogSettings
 
-T = TypeVar("T")
-
-#: Seconds any single wait may take before the test calls it hung.
-TIMEOUT = 5.0
 DAY = 86400.0
 
 
 class Crash(BaseException):
     """The process dies here: raised by a patched seam, caught by nothing in fsqueue."""
-
-
-def finishes(action: Callable[[], T], *, unblock: Callable[[], None] | None = None) -> T:
-    """Run ``action`` in a thread; its result, or a test failure if it is still running after TIMEOUT."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(action())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(TIMEOUT)
-    if thread.is_alive():
-        if unblock is not None:
-            unblock()
-        pytest.fail(f"still blocked after {TIMEOUT}s")
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 def claimed(queue: Queue, **options: Any) -> Claim:
