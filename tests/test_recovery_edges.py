@@ -6,6 +6,7 @@ or a thread join with a timeout, so a regression fails the test instead of hangi
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -391,8 +392,16 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
         if not released:
             released.append(True)
             os.close(gate_fd)
+            # A command not yet past its open of the gate would now wait forever for a writer: be one, briefly.
+            try:
+                os.close(os.open(gate_fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as exc:  # ENXIO: no reader at all, nobody to wake
+                if exc.errno != errno.ENXIO:
+                    raise
 
-    command = f"printf x > {shlex.quote(str(started))}; cat {shlex.quote(str(gate_fifo))} > /dev/null"
+    # The gate is opened before the start is announced: a release that follows the announcement always
+    # reaches a command already holding the gate open, so it sees EOF (opening it afterwards would block).
+    command = f"exec 3< {shlex.quote(str(gate_fifo))}; printf x > {shlex.quote(str(started))}; cat <&3 > /dev/null"
     try:
         yield Gate(command, started_fd, release)
     finally:
