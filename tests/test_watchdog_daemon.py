@@ -11,7 +11,6 @@ fails the test instead of hanging it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from inotify import CHANGES, IN_CLOSE_WRITE, Inotify
 
 from fsqueue import Config, ManualClock, Queue
 
@@ -287,54 +287,17 @@ def broken_events(queue: Queue, task_id: str) -> list[dict[str, object]]:
     return [e for e in queue.task(task_id).history if e["event"] == "broken"]
 
 
-IN_CLOSE_WRITE = 0x008
-IN_MOVED_FROM = 0x040
-IN_MOVED_TO = 0x080
-IN_CREATE = 0x100
-IN_DELETE = 0x200
 #: What a transition does to the queue's directories: every step of a break shows up as one of these.
-STEPS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+STEPS = CHANGES
 
 
-@contextlib.contextmanager
-def inotify(paths: list[Path], mask: int) -> Iterator[int]:
-    """A non-blocking inotify descriptor watching ``paths`` for ``mask`` (the stdlib has no inotify binding)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
-    if fd < 0:
-        pytest.fail(f"inotify_init1: {os.strerror(ctypes.get_errno())}")
-    try:
-        for path in paths:
-            if libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
-                pytest.fail(f"inotify_add_watch {path}: {os.strerror(ctypes.get_errno())}")
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def count_events(fd: int) -> int:
-    """How many inotify events are queued on ``fd`` now (consuming them)."""
-    count = 0
-    header = struct.Struct("iIII")
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return count
-        offset = 0
-        while offset < len(data):
-            name_length = header.unpack_from(data, offset)[3]
-            offset += header.size + name_length
-            count += 1
-
-
-def await_events(fd: int, wanted: int) -> None:
-    """Return once ``wanted`` more events have arrived on ``fd``."""
+def await_events(events: Inotify, wanted: int) -> None:
+    """Return once ``wanted`` more events have arrived."""
     seen = 0
     while seen < wanted:
-        readable, _, _ = select.select([fd], [], [], WAIT)
-        assert readable, f"only {seen} of {wanted} filesystem events within {WAIT}s"
-        seen += count_events(fd)
+        got = events.wait(WAIT)
+        assert got, f"only {seen} of {wanted} filesystem events within {WAIT}s"
+        seen += got
 
 
 # -- one watchdog per root ----------------------------------------------------------------------------
@@ -374,7 +337,7 @@ def test_wait_takes_over_only_after_the_first_exits(
     # The first holds watchdog.lock open from here on; the next close of that file is a contender that
     # opened it, lost the flock and closed it again (filelock retries that way) -- proof that the
     # second reached the lock while the first held it.
-    with inotify([root / "watchdog.lock"], IN_CLOSE_WRITE) as events:
+    with Inotify([root / "watchdog.lock"], IN_CLOSE_WRITE) as events:
         second = Watchdog(root, "--once", "--wait", env=with_notify(env, notifier))
         procs.append(second)
         readable, _, _ = select.select([events], [], [], WAIT)
@@ -656,14 +619,14 @@ def kill_round(tmp_path: Path, config: Path, env: dict[str, str], seed: int) -> 
     k, j = rng.randint(0, len(broken)), rng.randint(0, 6)
     notifier = Notifier(tmp_path / f"notify-{seed}.sock")
     watched = [root / name for name in ("staging", "records", "tasks", "dead")]
-    with inotify(watched, STEPS) as steps:
+    with Inotify(watched, STEPS) as steps:
         daemon = Watchdog(root, "--config", str(config), "--interval", "0.05", env=with_notify(env, notifier))
         try:
             assert notifier.next_lines()[0] == "READY=1"
             notifier.close()
             for _ in range(k):
                 daemon.log.until(" break ")
-            count_events(steps)
+            steps.drain()
             await_events(steps, j)
             daemon.signal(signal.SIGKILL)
             assert daemon.wait() == -signal.SIGKILL

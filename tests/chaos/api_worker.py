@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from history import append, open_history
+from inotify import Inotify
 
 from chaos.ledger import RunInfo
 from fsqueue import Claim, LeaseLost, Queue, load_config
 
-IDLE = 0.03  # seconds between claims while nothing is ready
+IDLE = 0.03  # an idle worker's polling cadence: what finds delayed and retried tasks falling due
 SLICE = 0.05  # a manual worker works in slices this long, renewing between them
 
 
@@ -41,6 +42,9 @@ class Worker:
         self.fd = open_history(self.run.history)
         self.pid = os.getpid()
         self.stopping = False
+        # An idle worker claims again as soon as a task is published or a lock released; only a task
+        # falling due (a delay or a retry back-off ending) has no event, so IDLE bounds each wait.
+        self.changes = Inotify([os.path.join(self.run.root, d) for d in ("records", "tasks")])
 
     def on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -50,7 +54,7 @@ class Worker:
         while not self.stopping:
             claim = self.queue.claim(self.agent, auto_renew=self.style == "ctx")
             if claim is None:
-                time.sleep(IDLE)
+                self.changes.wait(IDLE)
                 continue
             append(self.fd, "start", claim.id, self.pid, claim.token, time.time())
             kind = claim.payload.get("kind") if isinstance(claim.payload, dict) else None

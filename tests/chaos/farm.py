@@ -6,6 +6,11 @@ Members are API workers (restarted after they die, as ``Restart=always`` would),
 alternately as ``fsqueue watchdog`` and ``fsqueue-watchdog``). Each child leads its own session, so one
 ``killpg`` reaches everything it started. Every signal to a member is sent under ``Farm.lock``, the lock
 under which members are reaped: a PID is never signalled after it was reaped and could be reused.
+
+The supervisor never polls: it blocks on a pidfd per member (readable when that process exits), on
+inotify of the work directory (the watchdog renames its metrics file there after every sweep) and, while
+waiting for the queue to drain, on inotify of the queue's ``tasks/`` and ``records/``. Its only timeouts
+are the planned restart times of members and the deadline of the phase it is in.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import functools
 import json
 import os
 import random
+import selectors
 import signal
 import subprocess
 import sys
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from history import append, open_history
+from inotify import IN_MOVED_TO, Inotify
 
 from chaos.launches import settle_launch
 from chaos.ledger import RunInfo, ledger_dir, open_append
@@ -64,6 +71,7 @@ class Member:
     done: bool = False  # finished for good (a producer past the deadline)
     log: Path | None = None
     offset: int = 0  # a run slot: where the current launch's part of the log begins
+    pidfd: int = -1  # readable once the current process exits (registered with the farm's selector)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -112,6 +120,9 @@ class Farm:
         self.watchdog_log = open_append(workdir / "watchdog.jsonl")
         self.metrics = workdir / "watchdog.prom"
         self.watchdog_down_until = 0.0
+        self.selector = selectors.DefaultSelector()
+        self.sweep_ends = Inotify([workdir], IN_MOVED_TO)
+        self.selector.register(self.sweep_ends, selectors.EVENT_READ, "sweep")
 
     # -- starting -------------------------------------------------------------------------------------
 
@@ -152,6 +163,9 @@ class Farm:
                 start_new_session=True,
                 preexec_fn=functools.partial(_die_with_harness, _prctl()),  # the child only calls prctl
             )
+        # Under the lock, like every reap: the process cannot have been reaped yet, so its pid is its own.
+        member.pidfd = os.pidfd_open(member.proc.pid)
+        self.selector.register(member.pidfd, selectors.EVENT_READ, member)
         member.starts += 1
         member.started = time.monotonic()
         member.killed = member.stopped = False
@@ -183,9 +197,44 @@ class Farm:
             for member in self.members:
                 if member.proc is not None and member.proc.poll() is not None:
                     self._reaped(member, member.proc.returncode, now)
+                    self._close_pidfd(member)
                     member.proc = None
                 if self._due(member, now):
                     self.start(member)
+
+    def _close_pidfd(self, member: Member) -> None:
+        if member.pidfd >= 0:
+            self.selector.unregister(member.pidfd)
+            os.close(member.pidfd)
+            member.pidfd = -1
+
+    def _next_start(self, now: float) -> float:
+        """The monotonic time at which the next member is due to (re)start; inf if none is."""
+        due = []
+        for member in self.members:
+            if member.proc is not None or member.done or self.draining:
+                continue
+            at = member.restart_at
+            if member.role == "watchdog":
+                at = max(at, now + self.watchdog_down_until - time.time())
+            due.append(at)
+        return min(due, default=float("inf"))
+
+    def wait(self, until: float) -> None:
+        """Block until a member exits, a sweep ends, the watched queue changes, a restart is due, or ``until``."""
+        now = time.monotonic()
+        with self.lock:
+            wake = min(until, self._next_start(now))
+        for key, _ in self.selector.select(max(0.0, wake - now)):
+            if isinstance(key.fileobj, Inotify):
+                key.fileobj.drain()
+            # A readable pidfd stays readable until tick() reaps its process and closes it.
+
+    def supervise(self, until: float) -> None:
+        """Reap, relaunch and note sweeps until the monotonic time ``until``."""
+        while time.monotonic() < until:
+            self.tick()
+            self.wait(until)
 
     def _note_sweep(self) -> None:
         """The watchdog rewrites its metrics file after every sweep: its mtime is when that sweep ended."""
@@ -242,10 +291,12 @@ class Farm:
         return member.log.read_bytes()[-size:].decode(errors="replace").replace("\n", " | ")
 
     def alive(self, role: Role | None = None) -> list[Member]:
-        return [m for m in self.members if m.alive() and (role is None or m.role == role)]
+        with self.lock:  # alive() may reap: never between a start and its pidfd_open
+            return [m for m in self.members if m.alive() and (role is None or m.role == role)]
 
     def by_pid(self) -> dict[int, Member]:
-        return {m.proc.pid: m for m in self.members if m.proc is not None and m.alive()}
+        with self.lock:
+            return {m.proc.pid: m for m in self.members if m.proc is not None and m.alive()}
 
     # -- signals --------------------------------------------------------------------------------------
 
@@ -260,12 +311,21 @@ class Farm:
         return True
 
     def wait_for(self, what: str, done: Callable[[], bool], deadline: float) -> bool:
-        """Tick until ``done()`` is true or the monotonic deadline passes."""
-        while time.monotonic() < deadline:
-            self.tick()
-            if done():
-                return True
-            time.sleep(0.05)
+        """Supervise until ``done()`` is true (checked after every exit, sweep and queue change) or the deadline."""
+        root = self.run.root
+        # Watched before the first check, so a change between a check and the next wait still wakes it.
+        with Inotify([os.path.join(root, "tasks"), os.path.join(root, "records")]) as changes:
+            self.selector.register(changes, selectors.EVENT_READ, "queue")
+            try:
+                while True:
+                    self.tick()
+                    if done():
+                        return True
+                    if time.monotonic() >= deadline:
+                        break
+                    self.wait(deadline)
+            finally:
+                self.selector.unregister(changes)
         self.stats.errors.append(f"timed out waiting for {what}")
         return False
 
@@ -298,6 +358,9 @@ class Farm:
                         except ProcessLookupError:
                             pass
                 member.proc.wait()  # a watchdog's stderr pipe is closed by its reader thread at EOF
+                self._close_pidfd(member)
+        self.selector.close()
+        self.sweep_ends.close()
         os.close(self.history_fd)
 
 

@@ -9,11 +9,16 @@
   guard's flock) and whether the watchdog was waiting for that flock when the holder was continued.
 - ``sigkill_producer``: SIGKILL of an API producer in the middle of its enqueues; it is restarted and
   repeats the cut-short enqueue with ``if_absent`` (P2: an acknowledged enqueue is durable).
-- ``sigkill_watchdog``: SIGKILL of the watchdog while it sweeps (its ``/proc/<pid>/stat`` state is R or D,
-  i.e. not idle between sweeps), then a restart after a random downtime.
+- ``sigkill_watchdog``: SIGKILL of the watchdog as it starts a sweep (inotify reports ``owners/`` being
+  opened, the sweep's first step, and its ``/proc/<pid>/stat`` state is R or D, i.e. not idle between
+  sweeps), then a restart after a random downtime.
 
 Each record names the victim and the claims it held at that moment (read after the signal, when the
 victim can no longer change them), so the checker can measure recovery and fencing per claim.
+
+Nothing here polls: fault times are drawn in advance and waited for with ``select`` on a halt pipe, a
+stopped holder is continued when inotify reports its lock file unlinked or renamed (or at its bound), and
+a watchdog kill waits for the sweep's own opening of ``owners/``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import threading
 import time
@@ -29,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inotify import GONE, IN_ISDIR, IN_OPEN, Inotify
+
 from chaos.farm import Farm, Member
 from chaos.ledger import open_append
-
-POLL = 0.0005  # seconds between looks at the watchdog's run state
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class Pause:
     held: list[list[str]]
     earliest: float  # monotonic
     latest: float
+    watches: list[int]  # inotify watches on its locks: a break unlinks or renames them
 
 
 def run_state(pid: int) -> str:
@@ -115,6 +122,8 @@ class Injector:
         self.counts: Counter[str] = Counter()
         self._recording = threading.Lock()  # both threads record
         self.halt = threading.Event()
+        self._halt_r, self._halt_w = os.pipe()  # readable once finish() begins: wakes every select below
+        self.lock_events = Inotify()  # the stopped holders' lock files
         self.paused: list[Pause] = []
         self.max_paused = max(1, self.profile.workers // 8)
         self.threads = [
@@ -129,10 +138,13 @@ class Injector:
     def finish(self) -> None:
         """Stop injecting, then SIGCONT every stopped holder."""
         self.halt.set()
+        os.write(self._halt_w, b"x")
         for thread in self.threads:
             thread.join()
         self._continue(everyone=True)
-        os.close(self.fd)
+        self.lock_events.close()
+        for fd in (self.fd, self._halt_r, self._halt_w):
+            os.close(fd)
 
     def record(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"t": time.time(), "kind": kind, **fields}, sort_keys=True)
@@ -146,11 +158,18 @@ class Injector:
         kinds = list(self.profile.weights)
         weights = [self.profile.weights[k] for k in kinds]
         next_at = time.monotonic() + self.rng.expovariate(1 / self.profile.fault_every)
-        while not self.halt.wait(0.01):
+        while True:
             self._continue()
-            if time.monotonic() < next_at:
+            now = time.monotonic()
+            if now < next_at:
+                # Until the next fault, a stopped holder's bound, or a change to a stopped holder's lock.
+                wake = min([next_at] + [p.earliest if now < p.earliest else p.latest for p in self.paused])
+                ready, _, _ = select.select([self._halt_r, self.lock_events.fileno()], [], [], max(0.0, wake - now))
+                if self._halt_r in ready:
+                    return
+                self.lock_events.drain()
                 continue
-            next_at = time.monotonic() + self.rng.expovariate(1 / self.profile.fault_every)
+            next_at = now + self.rng.expovariate(1 / self.profile.fault_every)
             kind = self.rng.choices(kinds, weights)[0]
             if kind == "sigstop_holder" and len(self.paused) >= self.max_paused:
                 kind = "sigkill_worker"
@@ -193,10 +212,16 @@ class Injector:
             member.stopped = True
         held = self._held(pid)
         inside = bool(flocks()[0].get(pid))  # stopped inside a transition: it holds a guard's flock
+        watches = []
+        for task, _ in held:  # watched before _continue() next checks the tokens: no break goes unseen
+            try:
+                watches.append(self.lock_events.add(os.path.join(self.root, "tasks", f"{task}.lock"), GONE))
+            except FileNotFoundError:
+                pass  # already settled or broken
         # Past the TTL for sure; then continued once the watchdog broke its claims, or at the bound.
         p, now = self.profile, time.monotonic()
         earliest = now + p.ttl + self.rng.uniform(0.2, 1.0)
-        self.paused.append(Pause(member, pid, held, earliest, earliest + 4 * p.interval + 4.0))
+        self.paused.append(Pause(member, pid, held, earliest, earliest + 4 * p.interval + 4.0, watches))
         self.record(f"sigstop_holder_{member.role}", pid=pid, name=member.name, held=held, in_transition=inside)
 
     def _continue(self, *, everyone: bool = False) -> None:
@@ -206,6 +231,8 @@ class Injector:
             if not (everyone or now >= pause.latest or (now >= pause.earliest and broken)):
                 continue
             self.paused.remove(pause)
+            for wd in pause.watches:
+                self.lock_events.remove(wd)
             held, waiting = flocks()
             watchdog = self.farm.members[0].proc
             blocked = watchdog is not None and bool(waiting.get(watchdog.pid, set()) & held.get(pause.pid, set()))
@@ -232,20 +259,27 @@ class Injector:
             self.sigkill_watchdog()
 
     def sigkill_watchdog(self) -> None:
-        """Wait (at most a few sweeps) until the watchdog is in a sweep, then SIGKILL it and plan its restart."""
+        """Wait (at most a few sweeps) for the watchdog to start a sweep, then SIGKILL it and plan its restart."""
         member = self.farm.members[0]
-        proc = member.proc
-        if proc is None or proc.poll() is not None or time.monotonic() - member.started < 1.0:
+        with self.farm.lock:
+            proc = member.proc if member.alive() else None
+        if proc is None or time.monotonic() - member.started < 1.0:
             return  # not up, or still starting: its first sweep has not run yet
         deadline = time.monotonic() + 4 * self.profile.interval + 1.0
+        # A sweep begins by listing owners/; a worker fsyncing owners/ as it registers opens it too, so
+        # the state read at the kill, not the event, decides whether the kill counts as mid-sweep.
+        with Inotify([os.path.join(self.root, "owners")], IN_OPEN) as opened:
+            sweeping = False
+            while not sweeping and (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([self._halt_r, opened.fileno()], [], [], left)
+                if self._halt_r in ready:
+                    break
+                sweeping = any(mask & IN_ISDIR and not name for _, mask, name in opened.read())
         state = run_state(proc.pid)
-        while state not in ("R", "D") and time.monotonic() < deadline and not self.halt.is_set():
-            time.sleep(POLL)
-            state = run_state(proc.pid)
         downtime = self.watchdog_rng.uniform(0.0, 3 * self.profile.interval)
         with self.farm.lock:
             self.farm.watchdog_down_until = time.time() + downtime
             if not self._send(member, proc.pid, signal.SIGKILL):
                 return
         kind = "sigkill_watchdog_mid_sweep" if state in ("R", "D") else "sigkill_watchdog_idle"
-        self.record(kind, pid=proc.pid, state=state, downtime=downtime)
+        self.record(kind, pid=proc.pid, state=state, downtime=downtime, owners_opened=sweeping)

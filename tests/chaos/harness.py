@@ -34,8 +34,6 @@ from chaos.profiles import PROFILES, Profile
 from chaos.report import build_report, summary
 from fsqueue import Queue, load_config
 
-TICK = 0.02  # seconds between supervisor passes (reaping, relaunching)
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -95,13 +93,9 @@ def run_farm(farm: Farm, injector: Injector, startup: float) -> dict[str, float]
     """Fault phase, then drain and shutdown; returns the phase durations in seconds."""
     begin = time.monotonic()
     farm.start_all()
-    while time.monotonic() < begin + startup:
-        farm.tick()
-        time.sleep(TICK)
+    farm.supervise(begin + startup)
     injector.start()
-    while time.time() < farm.run.deadline:
-        farm.tick()
-        time.sleep(TICK)
+    farm.supervise(time.monotonic() + farm.run.deadline - time.time())  # the deadline is wall-clock time
     injector.finish()
     faults_end = time.monotonic()
     farm.wait_for("the queue to drain", lambda: quiescent(farm), faults_end + farm.profile.drain_timeout)

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from inotify import IN_DELETE, IN_MOVED_FROM, Inotify
+
 from chaos.ledger import Ledger, RunInfo, append_line, ledger_dir, open_append
 from chaos.plan import TaskSpec, spec
 from fsqueue import Queue, load_config
-
-PAUSE = 0.05  # seconds between looks at the backlog while it is full
 
 
 class Producer:
@@ -63,8 +63,12 @@ class Producer:
         if self.count % 10:
             return
         records = os.path.join(self.run.root, "records")
-        while len(os.listdir(records)) > self.limit and time.time() < self.run.deadline:
-            time.sleep(PAUSE)
+        if len(os.listdir(records)) <= self.limit:
+            return
+        # Counted again each time a record leaves (settled): watched before the recount, so none is missed.
+        with Inotify([records], IN_DELETE | IN_MOVED_FROM) as settled:
+            while len(os.listdir(records)) > self.limit and (left := self.run.deadline - time.time()) > 0:
+                settled.wait(left)
 
     def offer(self, task: TaskSpec) -> None:
         append_line(self.fd, "offer", task.n, task.id or "*", os.getpid())
