@@ -93,18 +93,24 @@ class Repairer:
                 pending += 1
         for task_id in _iter_ids(layout.records, ".json"):
             if task_id not in indexed and not exists_nofollow(layout.lock(task_id)):
-                with guarded(layout.guard(task_id)):
-                    self._repair_one(task_id, report)
+                self._repair_unless_busy(task_id, report)
         del indexed
         finished = {"done": 0, "dead": 0}
         for state in finished:
             for task_id in _iter_ids(layout.sub(state), ".json"):
                 finished[state] += 1
                 if exists_nofollow(layout.record(task_id)):  # committed, but the record survived a crash
-                    with guarded(layout.guard(task_id)):
-                        self._repair_one(task_id, report)
+                    self._repair_unless_busy(task_id, report)
         running = sum(1 for _ in _iter_ids(layout.tasks, ".lock"))
         self.census = {"pending": pending, "delayed": delayed, "running": running, **finished}
+
+    def _repair_unless_busy(self, task_id: str, report: SweepReport) -> None:
+        """Repair under the task's guard; a guard held now means a transition is in flight, and its
+        holder may be stopped or hung: waiting would stall the sweep (every other task's recovery)
+        for as long. Such a task is looked at again by the next repair pass."""
+        with guarded(self.queue.layout.guard(task_id), blocking=False) as held:
+            if held:
+                self._repair_one(task_id, report)
 
     def _repair_one(self, task_id: str, report: SweepReport) -> None:
         layout = self.queue.layout
@@ -148,7 +154,10 @@ class Repairer:
             except ValueError:
                 continue
             seen = entry.stat(follow_symlinks=False)
-            with guarded(self.queue.layout.guard(task_id)):  # a requeue of this dead letter may be running
+            # A requeue of this dead letter may be running: its guard is held, so it waits for a later pass.
+            with guarded(self.queue.layout.guard(task_id), blocking=False) as held:
+                if not held:
+                    continue
                 try:
                     now_st = os.lstat(entry.path)
                 except FileNotFoundError:
