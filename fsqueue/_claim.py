@@ -9,9 +9,11 @@ from ._errors import FsQueueError, LeaseLost
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     import threading
     from typing import Any
 
+    from ._record import TaskRecord
     from ._store import Store
 
 
@@ -36,8 +38,12 @@ class Claim:
         expires_at: float,
         max_attempts: int,
         auto_renew: bool = False,
+        record: tuple[TaskRecord, os.stat_result] | None = None,
     ) -> None:
         self._store = store
+        # The task record as the claim read it, with its file's fstat: complete and fail reuse it
+        # while the file is unchanged instead of reading and parsing it again (Store.task_if_unchanged).
+        self._record = record
         self.id = id
         self.payload = payload
         self.token = token
@@ -79,7 +85,7 @@ class Claim:
         from ._queue import check_json
 
         check_json(result, "result")
-        self._end(lambda: transitions.complete(self._store, self.id, self.token, result, self.agent))
+        self._end(lambda: transitions.complete(self._store, self.id, self.token, result, self.agent, self._record))
         from ._breaker import count_committed_output
 
         count_committed_output(self._store, self.agent)
@@ -89,7 +95,9 @@ class Claim:
         outcome: list[str] = []
         self._end(
             lambda: outcome.append(
-                transitions.fail(self._store, self.id, self.token, error, retry=retry, agent=self.agent)
+                transitions.fail(
+                    self._store, self.id, self.token, error, retry=retry, agent=self.agent, known=self._record
+                )
             )
         )
         return outcome[0]

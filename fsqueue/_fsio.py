@@ -81,11 +81,45 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+#: Staging names are ``<pid>-<16 hex>.tmp``: 8 random hex digits drawn once per process and an 8-digit
+#: counter, so naming a file costs neither ``getrandom`` nor ``getpid``. A fork draws afresh in the child
+#: (``register_at_fork``). Uniqueness does not rest on that: ``O_EXCL`` turns any collision (a leftover
+#: of a dead process with the same PID and prefix, a child forked behind Python's back) into
+#: FileExistsError, retried under a new prefix and the current PID -- never a shared or clobbered file.
+#: The PID in the name is for people; the watchdog removes staging files by age.
+_STAGE: list[int] = [0, 0, 0]  # pid (0: draw again), prefix, next sequence number
+
+
+def _forget_stage() -> None:
+    _STAGE[0] = 0
+
+
+os.register_at_fork(after_in_child=_forget_stage)
+
+
+def _staging_name() -> str:
+    stage = _STAGE
+    if not stage[0]:
+        stage[:] = [os.getpid(), int.from_bytes(os.urandom(4), "big"), 0]
+    seq = stage[2]
+    stage[2] = (seq + 1) & 0xFFFFFFFF  # threads may race here: O_EXCL still keeps two files apart
+    return f"{stage[0]}-{stage[1]:08x}{seq:08x}.tmp"
+
+
+def _create_staged(staging_dir: str) -> tuple[str, int]:
+    for _ in range(100):
+        path = os.path.join(staging_dir, _staging_name())
+        try:
+            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        except FileExistsError:
+            _forget_stage()  # taken (a leftover, a racing thread, an unnoticed fork): draw a new prefix
+    # Not EEXIST: a caller of publish_new would read FileExistsError as "the destination is taken".
+    raise OSError(errno.EBUSY, "no free staging name after 100 tries", staging_dir)
+
+
 def write_staged(staging_dir: str, data: bytes, *, durable: bool, mtime: float | None = None) -> str:
     """Write ``data`` to a new unique file in ``staging_dir`` and return its path (flushed if durable)."""
-    name = f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
-    path = os.path.join(staging_dir, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    path, fd = _create_staged(staging_dir)
     try:
         view = memoryview(data)
         while view:
@@ -139,7 +173,14 @@ def read_nofollow(path: str) -> tuple[bytes, os.stat_result]:
             raise OSError(errno.ELOOP, "not a regular file", path)
         if st.st_size > MAX_RECORD_BYTES:
             raise OSError(errno.EFBIG, f"record larger than {MAX_RECORD_BYTES} bytes", path)
-        chunks: list[bytes] = []
+        # Records are never rewritten in place: asking for one byte more than the fstat size returns
+        # exactly that size when the file is still whole, and a read of a regular file that stops short
+        # of what was asked stopped at its end -- no second read() just to see EOF. Anything else (a file
+        # growing or shrinking under a hand edit) is read on until a read returns nothing, as before.
+        chunk = os.read(fd, st.st_size + 1)
+        if len(chunk) == st.st_size:
+            return chunk, st
+        chunks = [chunk]
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks), st

@@ -211,7 +211,8 @@ class Queue(Inspection):
                     if got == "busy":
                         busy = True
                     elif got is not None:
-                        lock, task, expires = got
+                        lock, version, expires = got
+                        task = version[0]
                         return Claim(
                             self,
                             id=task_id,
@@ -224,6 +225,7 @@ class Queue(Inspection):
                             expires_at=expires,
                             max_attempts=task.max_attempts,
                             auto_renew=auto_renew,
+                            record=version,
                         )
             if not busy:
                 return None

@@ -65,6 +65,46 @@ class Store:
         """The task record, None when absent; CorruptRecord when unreadable."""
         return self._read(self.layout.record(task_id), parse_task)
 
+    def read_task_version(self, task_id: str) -> tuple[TaskRecord, os.stat_result] | None:
+        """The task record and the fstat of the file it was read from (see ``task_if_unchanged``)."""
+        path = self.layout.record(task_id)
+        try:
+            data, st = read_nofollow(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EFBIG):
+                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
+            raise storage_error(exc, "read", path) from exc
+        return parse_task(data, path), st
+
+    def task_if_unchanged(self, task_id: str, known: tuple[TaskRecord, os.stat_result] | None) -> TaskRecord | None:
+        """The task record, reusing ``known`` (read earlier with its fstat) while the file is that same file.
+
+        A record is never modified in place: every new version is a new inode linked or renamed into
+        place. So the same inode with the same size, mtime and ctime is the same bytes, and one
+        ``lstat`` replaces open, fstat, read and close plus the parse. Anything else is read afresh.
+        """
+        if known is None:
+            return self.read_task(task_id)
+        task, seen = known
+        try:
+            st = os.lstat(self.layout.record(task_id))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise storage_error(exc, "inspect", self.layout.record(task_id)) from exc
+        if (
+            stat.S_ISREG(st.st_mode)
+            and st.st_ino == seen.st_ino
+            and st.st_dev == seen.st_dev
+            and st.st_size == seen.st_size
+            and st.st_mtime_ns == seen.st_mtime_ns
+            and st.st_ctime_ns == seen.st_ctime_ns
+        ):
+            return task
+        return self.read_task(task_id)
+
     def read_lock(self, task_id: str) -> tuple[LockRecord, os.stat_result] | None:
         """The lock record and its fstat (mtime = lease expiry), None when absent."""
         path = self.layout.lock(task_id)

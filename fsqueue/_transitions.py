@@ -108,8 +108,12 @@ def try_claim(
     mode: Literal["process", "lease"],
     owner: Owner,
     blocking: bool,
-) -> tuple[LockRecord, TaskRecord, float] | Literal["busy"] | None:
-    """Claim the task behind index marker ``rel``; None when it is not claimable, "busy" when the guard is."""
+) -> tuple[LockRecord, tuple[TaskRecord, os.stat_result], float] | Literal["busy"] | None:
+    """Claim the task behind index marker ``rel``; None when it is not claimable, "busy" when the guard is.
+
+    Returns the lock, the task record with the fstat of its file (so the claim's complete or fail can
+    reuse it while the file is unchanged: ``Store.task_if_unchanged``), and the lease expiry.
+    """
     layout = store.layout
     with guarded(layout.guard(task_id), blocking=blocking) as held:
         if not held:
@@ -119,14 +123,18 @@ def try_claim(
             remove_entry(layout.ready, rel)
             return None
         try:
-            task = store.read_task(task_id)
+            version = store.read_task_version(task_id)
         except ForeignFormat:
             return None  # written by a newer fsqueue: not ours to run, and not garbage either
         except CorruptRecord as exc:
             store.quarantine(layout.record(task_id), str(exc))
             remove_entry(layout.ready, rel)
             return None
-        if task is None or task.entry != rel or store.finished_state(task_id) is not None:
+        if version is None:
+            _drop_leftovers(store, task_id, rel, None)
+            return None
+        task = version[0]
+        if task.entry != rel or store.finished_state(task_id) is not None:
             _drop_leftovers(store, task_id, rel, task)
             return None
         if task.attempts >= task.max_attempts:
@@ -149,7 +157,7 @@ def try_claim(
         if not _publish_lock(store, lock, now + lease):
             return None
         remove_entry(layout.ready, rel, prune=False)
-        return lock, task, now + lease
+        return lock, version, now + lease
 
 
 def _publish_lock(store: Store, lock: LockRecord, expires: float) -> bool:
@@ -165,8 +173,13 @@ def _publish_lock(store: Store, lock: LockRecord, expires: float) -> bool:
         if lock.mode == "process":
             owner_dir = ensure_owner_dir(layout.owners, layout.staging, lock.owner)
             linked = owner_link(layout.owners, lock.owner, lock.task)
-            unlink_quietly(linked)  # a stray link from a crash of an earlier claim by this same process
             try:
+                os.link(tmp, linked, follow_symlinks=False)
+            except FileExistsError:
+                # A stray link from a crash of an earlier claim of this task by this same process. It
+                # is an index entry only (no lock has this inode: we hold the guard and there is no
+                # lock), so replacing it is safe; linking first saves an unlink on every claim.
+                unlink_quietly(linked)
                 os.link(tmp, linked, follow_symlinks=False)
             except FileNotFoundError:  # the directory was removed by hand since this process made it
                 forget_owner_dir(owner_dir)
@@ -221,18 +234,26 @@ def renew(store: Store, task_id: str, token: str, ttl: float | None) -> float:
 
 
 @_storage_errors("complete task into", Layout.done)
-def complete(store: Store, task_id: str, token: str, result: object, agent: str) -> str:
+def complete(
+    store: Store,
+    task_id: str,
+    token: str,
+    result: object,
+    agent: str,
+    known: tuple[TaskRecord, os.stat_result] | None = None,
+) -> str:
     """Commit ``result`` for the claim with ``token``: at most once, refused once the lock is not ours.
 
     Returns the agent credited with the output (for the circuit breaker, counted by the caller
     once the task's guard is released: two guards held at once could be the same flock file).
+    ``known`` is the task record as the claim read it, reused if the file is unchanged.
     """
     layout = store.layout
     with guarded(layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
         if _finish_committed(store, task_id, token, st, lock):
             return agent or lock.agent  # this claim committed before a crash: the retry is a no-op
-        task = store.read_task(task_id)
+        task = store.task_if_unchanged(task_id, known)
         if task is None:
             raise CorruptRecord(
                 f"task {task_id} is claimed but {layout.record(task_id)} is missing",
@@ -282,13 +303,22 @@ def _unlink_lock_if_same(store: Store, task_id: str, st: os.stat_result, lock: L
 
 
 @_storage_errors("record the failure in", Layout.record)
-def fail(store: Store, task_id: str, token: str, error: str, *, retry: bool, agent: str) -> str:
+def fail(
+    store: Store,
+    task_id: str,
+    token: str,
+    error: str,
+    *,
+    retry: bool,
+    agent: str,
+    known: tuple[TaskRecord, os.stat_result] | None = None,
+) -> str:
     """Record a failed attempt: back to pending with back-off, or dead-letter. Returns the new state."""
     with guarded(store.layout.guard(task_id)):
         lock, st = checked_lock(store, task_id, token)
         if _finish_committed(store, task_id, token, st, lock):
             raise LeaseLost(f"task {task_id} was already completed by this claim", task_id=task_id)
-        task = store.read_task(task_id)
+        task = store.task_if_unchanged(task_id, known)
         if task is None:
             raise CorruptRecord(
                 f"task {task_id} is claimed but its record is missing",

@@ -22,6 +22,8 @@ import pytest
 import fsqueue._queue
 from fsqueue import Claim, ManualClock, Queue
 from fsqueue import _transitions as transitions
+from fsqueue._identity import current_owner
+from fsqueue._owners import ensure_owner_dir, owner_link
 from fsqueue._transitions import Verdict
 
 #: Every verdict a live lock can get: a crashed holder in this process still looks alive, so the
@@ -221,11 +223,12 @@ CLAIM_STEPS = [
     (Step("write_staged"), False),
     (Step("write_staged", after=True), False),
     (Step("ensure_owner_dir", after=True), False),
-    (Step("unlink_quietly", after=True), False),
+    (Step("os.link", dest="t1.lock"), False),
     (Step("os.link", dest="t1.lock", after=True), False),  # the owner-index link comes first
     (Step("os.link", nth=2, dest="t1.lock"), False),
     (Step("os.link", nth=2, dest="t1.lock", after=True), True),
-    (Step("unlink_quietly", nth=2), True),
+    (Step("unlink_quietly"), True),  # the staging name
+    (Step("unlink_quietly", after=True), True),
     (Step("fsync_dir"), True),
     (Step("remove_entry"), True),
     (Step("remove_entry", after=True), True),
@@ -249,6 +252,55 @@ def test_claim_crash_counts_the_attempt_only_if_the_lock_was_published(
     else:
         assert history(queue, "t1") == [("enqueued", 0), ("completed", 1)]
     assert queue.task("t1").attempts == (2 if published else 1)
+
+
+def plant_stray_owner_link(queue: Queue, task_id: str) -> str:
+    """An owners/<key>/<id>.lock of this process that no lock shares: left by an earlier failed claim."""
+    ensure_owner_dir(queue.layout.owners, queue.layout.staging, current_owner())
+    stray = owner_link(queue.layout.owners, current_owner(), task_id)
+    with open(stray, "wb") as handle:
+        handle.write(b"left by an earlier claim\n")
+    return stray
+
+
+# A stray owner link is replaced (unlink, link again) only when the first link finds it: the same steps,
+# then the claim goes on as above.
+STRAY_LINK_STEPS = [
+    (Step("os.link", dest="t1.lock", after=False), False),
+    (Step("unlink_quietly"), False),
+    (Step("unlink_quietly", after=True), False),
+    (Step("os.link", nth=2, dest="t1.lock"), False),
+    (Step("os.link", nth=2, dest="t1.lock", after=True), False),
+    (Step("os.link", nth=3, dest="t1.lock"), False),
+    (Step("os.link", nth=3, dest="t1.lock", after=True), True),
+]
+
+
+@pytest.mark.parametrize(("step", "published"), STRAY_LINK_STEPS, ids=ids(STRAY_LINK_STEPS))
+def test_claim_over_a_stray_owner_link_crash_counts_the_attempt_only_if_published(
+    queue: Queue, clock: ManualClock, step: Step, published: bool
+) -> None:
+    """A claim that meets a stray owner link of its own process replaces it; a crash meanwhile loses nothing."""
+    queue.enqueue("job", id="t1")
+    plant_stray_owner_link(queue, "t1")
+    crash(step, lambda: queue.claim("crashed", ttl=60))
+    assert where(queue, "t1")["tasks"] == int(published)
+    assert break_leftover_locks(queue) == (["requeued"] if published else [])
+    assert state_of(queue, "t1") == "pending"
+    drain(queue, clock, "r")
+    assert_settled(queue, "t1", "done")
+    assert queue.task("t1").attempts == (2 if published else 1)
+
+
+def test_claim_replaces_a_stray_owner_link_with_the_lock(queue: Queue) -> None:
+    """The owner index ends up pointing at the new lock (same inode), not at the stray file it replaced."""
+    queue.enqueue("job", id="t1")
+    stray = plant_stray_owner_link(queue, "t1")
+    claim = claimed(queue)
+    assert os.path.samefile(stray, queue.layout.lock("t1"))
+    claim.complete("r")
+    assert not os.path.lexists(stray)
+    assert_settled(queue, "t1", "done")
 
 
 # complete: publish done/<id>.json (the commit point), then remove the record, the lock, the index link
@@ -318,6 +370,22 @@ def test_fail_retry_crash_counts_the_attempt_once(queue: Queue, clock: ManualClo
     first = "failed" if recorded else "broken"
     assert history(queue, "t1") == [("enqueued", 0), (first, 1), ("completed", 2)]
     assert queue.task("t1").attempts == 2
+
+
+def test_complete_after_a_crashed_fail_of_the_same_claim_commits_the_rewritten_record(queue: Queue) -> None:
+    """The record the claim read is reused by its complete only while the file is unchanged.
+
+    A fail of this claim that died after rewriting the record (settled, a ``failed`` event) leaves the
+    lock in place; the holder's complete must build the done record from the rewritten file, not from
+    the copy it read at claim time.
+    """
+    queue.enqueue("job", id="t1", max_attempts=3)
+    claim = claimed(queue)
+    crash(Step("publish_replace", after=True), lambda: claim.fail("boom", retry=True))
+    claim.complete("r")
+    assert_settled(queue, "t1", "done")
+    assert history(queue, "t1") == [("enqueued", 0), ("failed", 1), ("completed", 1)]
+    assert queue.task("t1").result == "r"
 
 
 # fail, dead path (and a break that exhausts the attempts): publish dead/<id>.json, remove record, lock, link

@@ -185,6 +185,25 @@ def test_cli_claim_on_empty_queue_with_stray_ready_directory_exits_3(
     assert "Traceback" not in result.stderr
 
 
+def test_staging_name_taken_by_a_leftover_is_skipped(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file already at the next staging name (a dead process's leftover) is left alone, never reported as
+    the destination being taken: the writer draws another name and the enqueue and claim go through."""
+    from fsqueue import _fsio
+
+    monkeypatch.setattr(_fsio, "_STAGE", [os.getpid(), 0xDEADBEEF, 0])
+    staging = Path(queue.layout.staging)
+    leftovers = [staging / f"{os.getpid()}-deadbeef{seq:08x}.tmp" for seq in range(2)]
+    for leftover in leftovers:
+        leftover.write_bytes(b"left by a dead writer")
+    assert queue.enqueue("job", id="t1") == "t1"
+    claim = queue.claim("w")
+    assert claim is not None and claim.payload == "job"
+    claim.complete("r")
+    assert queue.task("t1").result == "r"
+    assert [leftover.read_bytes() for leftover in leftovers] == [b"left by a dead writer"] * 2
+    assert sorted(staging.iterdir()) == leftovers
+
+
 def test_stray_directory_in_staging_is_left_alone(queue: Queue, clock: ManualClock) -> None:
     """An old directory in staging/ is not removed, and the stale staging files beside it still are."""
     staging = Path(queue.layout.staging)

@@ -35,6 +35,26 @@ def test_priority_first_then_fifo(queue: Queue, clock: ManualClock) -> None:
     assert claimed == [2, 4, 0, 1, 3, 5]
 
 
+def test_complete_and_fail_reuse_the_record_the_claim_read(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim's complete or fail does not read the unchanged task record again (one lstat instead)."""
+    from fsqueue._store import Store
+
+    queue.enqueue("a", id="t1")
+    queue.enqueue("b", id="t2", max_attempts=1)
+    first, second = queue.claim("w"), queue.claim("w")
+    assert first is not None and second is not None
+
+    def refuse(self: Store, task_id: str) -> None:
+        raise AssertionError(f"record of {task_id} read again")
+
+    monkeypatch.setattr(Store, "read_task", refuse)
+    first.complete("r")
+    assert second.fail("boom") == "dead"
+    monkeypatch.undo()
+    assert (queue.task("t1").state, queue.task("t1").result) == ("done", "r")
+    assert queue.task("t2").state == "dead"
+
+
 def test_delayed_task_is_not_claimable_until_due(queue: Queue, clock: ManualClock) -> None:
     """A delay hides the task from claimers until its time comes."""
     queue.enqueue("later", delay=60)
