@@ -236,14 +236,19 @@ def ensure_real_dir(path: str, *, durable: bool = False) -> None:
         raise QueueRootError(f"{path} is not a directory; move it aside", path=path)
 
 
-def read_record_file(path: str) -> bytes | None:
-    """A whole record file without following symlinks; None when absent, CorruptRecord when not a file."""
+def read_record_stat(path: str) -> tuple[bytes, os.stat_result] | None:
+    """A whole record file and its fstat, not following symlinks; None when absent, CorruptRecord when not a file."""
     try:
-        data, _ = read_nofollow(path)
+        return read_nofollow(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EFBIG):
             raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
         raise storage_error(exc, "read", path) from exc
-    return data
+
+
+def read_record_file(path: str) -> bytes | None:
+    """A whole record file without following symlinks; None when absent, CorruptRecord when not a file."""
+    got = read_record_stat(path)
+    return None if got is None else got[0]

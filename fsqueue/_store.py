@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -10,8 +9,7 @@ from collections.abc import Callable
 
 from ._clock import Clock, SystemClock
 from ._config import Config
-from ._errors import CorruptRecord
-from ._fsio import publish_new, read_nofollow, read_record_file, storage_error
+from ._fsio import publish_new, read_record_file, read_record_stat, storage_error
 from ._index import Listings
 from ._layout import Layout, create_root, default_root, open_root
 from ._record import FinalRecord, LockRecord, TaskRecord, parse_final, parse_lock, parse_task
@@ -68,15 +66,8 @@ class Store:
     def read_task_version(self, task_id: str) -> tuple[TaskRecord, os.stat_result] | None:
         """The task record and the fstat of the file it was read from (see ``task_if_unchanged``)."""
         path = self.layout.record(task_id)
-        try:
-            data, st = read_nofollow(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EFBIG):
-                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
-            raise storage_error(exc, "read", path) from exc
-        return parse_task(data, path), st
+        got = read_record_stat(path)
+        return None if got is None else (parse_task(got[0], path), got[1])
 
     def task_if_unchanged(self, task_id: str, known: tuple[TaskRecord, os.stat_result] | None) -> TaskRecord | None:
         """The task record, reusing ``known`` (read earlier with its fstat) while the file is that same file.
@@ -108,15 +99,8 @@ class Store:
     def read_lock(self, task_id: str) -> tuple[LockRecord, os.stat_result] | None:
         """The lock record and its fstat (mtime = lease expiry), None when absent."""
         path = self.layout.lock(task_id)
-        try:
-            data, st = read_nofollow(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EFBIG):
-                raise CorruptRecord(f"{path} is a symlink, not a regular file, or too large", path=path) from exc
-            raise storage_error(exc, "read", path) from exc
-        return parse_lock(data, path), st
+        got = read_record_stat(path)
+        return None if got is None else (parse_lock(got[0], path), got[1])
 
     def read_final(self, task_id: str, state: Literal["done", "dead"]) -> FinalRecord | None:
         path = self.layout.done(task_id) if state == "done" else self.layout.dead(task_id)

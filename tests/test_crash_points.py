@@ -241,17 +241,22 @@ def test_claim_crash_counts_the_attempt_only_if_the_lock_was_published(
 ) -> None:
     """A claimer killed mid-claim either took nothing or holds a lock whose break counts its attempt once."""
     queue.enqueue("job", id="t1")
+    crash_claim_and_recover(queue, clock, step, published)
+    if published:
+        assert history(queue, "t1") == [("enqueued", 0), ("broken", 1), ("completed", 2)]
+    else:
+        assert history(queue, "t1") == [("enqueued", 0), ("completed", 1)]
+    assert queue.task("t1").attempts == (2 if published else 1)
+
+
+def crash_claim_and_recover(queue: Queue, clock: ManualClock, step: Step, published: bool) -> None:
+    """Crash a claim of t1 at ``step``; its lock exists iff ``published``, and a break and a drain finish it."""
     crash(step, lambda: queue.claim("crashed", ttl=60))
     assert where(queue, "t1")["tasks"] == int(published)
     assert break_leftover_locks(queue) == (["requeued"] if published else [])
     assert state_of(queue, "t1") == "pending"
     drain(queue, clock, "r")
     assert_settled(queue, "t1", "done")
-    if published:
-        assert history(queue, "t1") == [("enqueued", 0), ("broken", 1), ("completed", 2)]
-    else:
-        assert history(queue, "t1") == [("enqueued", 0), ("completed", 1)]
-    assert queue.task("t1").attempts == (2 if published else 1)
 
 
 def plant_stray_owner_link(queue: Queue, task_id: str) -> str:
@@ -283,12 +288,7 @@ def test_claim_over_a_stray_owner_link_crash_counts_the_attempt_only_if_publishe
     """A claim that meets a stray owner link of its own process replaces it; a crash meanwhile loses nothing."""
     queue.enqueue("job", id="t1")
     plant_stray_owner_link(queue, "t1")
-    crash(step, lambda: queue.claim("crashed", ttl=60))
-    assert where(queue, "t1")["tasks"] == int(published)
-    assert break_leftover_locks(queue) == (["requeued"] if published else [])
-    assert state_of(queue, "t1") == "pending"
-    drain(queue, clock, "r")
-    assert_settled(queue, "t1", "done")
+    crash_claim_and_recover(queue, clock, step, published)
     assert queue.task("t1").attempts == (2 if published else 1)
 
 
