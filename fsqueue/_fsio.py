@@ -210,8 +210,10 @@ def exists_nofollow(path: str) -> bool:
     return True
 
 
-def ensure_real_dir(path: str, *, durable: bool = False) -> None:
+def ensure_real_dir(path: str, *, durable: bool = False, remedy: str = "move it aside") -> None:
     """Create ``path`` if missing (fsyncing its parent when durable); refuse a symlink or non-directory.
+
+    ``remedy`` ends the error for a non-directory: what the user does about it.
 
     lstat, then mkdir: another writer creating the directory in between only makes mkdir fail with
     EEXIST, which is success; a symlink planted in between is refused by the next caller's check.
@@ -231,9 +233,13 @@ def ensure_real_dir(path: str, *, durable: bool = False) -> None:
     except OSError as exc:
         raise storage_error(exc, "inspect", path) from exc
     if stat.S_ISLNK(st.st_mode):
-        raise QueueRootError(f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root", path=path)
+        raise QueueRootError(
+            f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root. "
+            "Replace it with a real directory.",
+            path=path,
+        )
     if not stat.S_ISDIR(st.st_mode):
-        raise QueueRootError(f"{path} is not a directory; move it aside", path=path)
+        raise QueueRootError(f"{path} is not a directory; {remedy}", path=path)
 
 
 def read_record_stat(path: str) -> tuple[bytes, os.stat_result] | None:

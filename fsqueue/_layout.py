@@ -10,7 +10,7 @@ import stat
 from ._digest import md5_hex
 from ._errors import QueueRootError
 from ._frozen import frozen
-from ._fsio import make_dir, publish_new, storage_error
+from ._fsio import ensure_real_dir, publish_new, storage_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -141,31 +141,10 @@ def open_root(root: str, *, create_missing: bool = False) -> Layout:
             path=root,
         )
     for name in SUBDIRS:
-        _check_subdir(os.path.join(root, name))
+        ensure_real_dir(os.path.join(root, name), remedy="move it aside and run `fsqueue init`")
     layout = Layout(root)
     _ensure_guards(layout, create=create_missing)
     return layout
-
-
-def _check_subdir(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            make_dir(path)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, "create", path) from exc
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise QueueRootError(
-            f"{path} is a symlink; fsqueue does not follow symlinks inside the queue root. "
-            "Replace it with a real directory.",
-            path=path,
-        )
-    if not stat.S_ISDIR(st.st_mode):
-        raise QueueRootError(f"{path} is not a directory; move it aside and run `fsqueue init`", path=path)
 
 
 def _ensure_guards(layout: Layout, *, create: bool) -> None:

@@ -288,31 +288,28 @@ class Steward:
         paths = self.paths
         for path in (paths.doc(name), paths.history(name)):
             self._evict_non_directory(path, report)
-        current: Snapshot | None = None
-        path = paths.current(name)
-        try:
-            data = read_record_file(path)
-            current = parse_snapshot(data, path, name) if data is not None else None
-        except CorruptRecord as exc:
-            self.store.quarantine(path, str(exc))
-            report.quarantined += 1
+        current = self._read_snapshot(paths.current(name), name, report)
         for version in history_versions(paths, name):
             if current is not None and version <= current.version:
                 break
             hist = paths.history(name, version)
-            try:
-                data = read_record_file(hist)
-                newer = parse_snapshot(data, hist, name) if data is not None else None
-            except CorruptRecord as exc:
-                self.store.quarantine(hist, str(exc))
-                report.quarantined += 1
-                continue
+            newer = self._read_snapshot(hist, name, report)
             if newer is None or newer.version != version:
                 continue
             self._repoint(name, hist)
             report.repaired += 1
             return newer
         return current if current is not None else Snapshot(name, 0, {})
+
+    def _read_snapshot(self, path: str, name: str, report: RoundReport) -> Snapshot | None:
+        """The snapshot at ``path``; None when absent or damaged (a damaged one is quarantined)."""
+        try:
+            data = read_record_file(path)
+            return None if data is None else parse_snapshot(data, path, name)
+        except CorruptRecord as exc:
+            self.store.quarantine(path, str(exc))
+            report.quarantined += 1
+            return None
 
     def _evict_non_directory(self, path: str, report: RoundReport) -> None:
         """Move a symlink or file planted where a directory belongs to quarantine/ (never follow it)."""

@@ -75,6 +75,8 @@ class Store:
         A record is never modified in place: every new version is a new inode linked or renamed into
         place. So the same inode with the same size, mtime and ctime is the same bytes, and one
         ``lstat`` replaces open, fstat, read and close plus the parse. Anything else is read afresh.
+        Called under the task's guard, which every writer of a task record holds: the file cannot be
+        replaced between this ``lstat`` and the caller's use of the record.
         """
         if known is None:
             return self.read_task(task_id)

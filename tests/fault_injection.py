@@ -6,12 +6,14 @@ where it must run, so it fails instead of hiding behind a skip.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,34 @@ from conftest import IN_CI
 
 from fsqueue import Queue
 from fsqueue._index import MAX_PRIORITY
+
+NOBODY = 65534
+#: CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets uid 0 ignore permission bits.
+CAPABILITIES_THAT_BYPASS_PERMISSIONS = (1, 2, 3)
+
+
+def drop_dac_capabilities() -> None:
+    """Run in a child before exec: uid 0 that obeys permission bits on every file it does not own.
+
+    For uid 0, exec sets the permitted and effective capabilities to the bounding set; dropping these
+    from it is enough.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in CAPABILITIES_THAT_BYPASS_PERMISSIONS:
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+
+def python_runs(code: str, **options: Any) -> bool:
+    """Whether a Python child started from ``/`` with these ``subprocess.run`` options runs ``code``."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, timeout=60, cwd="/", check=False, **options
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
 
 
 def skip_or_fail(reason: str) -> NoReturn:

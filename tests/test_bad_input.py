@@ -6,9 +6,7 @@ and complete, and the task that met the bad input is recovered or clearly report
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import json
 import os
 import random
@@ -25,7 +23,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fault_injection import need_root, skip_or_fail
+from fault_injection import (
+    NOBODY,
+    assert_one_line_error,
+    assert_queue_works,
+    drop_dac_capabilities,
+    need_root,
+    python_runs,
+    run_cli,
+    skip_or_fail,
+    snapshot,
+)
 
 from fsqueue import (
     Claim,
@@ -40,64 +48,17 @@ from fsqueue import (
     StorageError,
     TaskNotFound,
 )
-from fsqueue._index import MAX_PRIORITY, entry_for
+from fsqueue._index import entry_for
 from fsqueue._layout import SUBDIRS
 from fsqueue.cli import cli
 
 TOKEN = "0" * 32
-NOBODY = 65534
 #: Owner of a locked-down tree: neither the test user nor nobody, so neither may write to it.
 OTHER_UID = 4242
 #: A start time for queues whose tasks CLI subprocesses (on the real clock) must see as ready.
 PAST = 1_600_000_000.0
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def run_cli(
-    cmd: list[str], env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the real ``fsqueue`` command in a subprocess."""
-    return subprocess.run([*cmd, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120, check=False)
-
-
-def assert_cli_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit 1, exactly one ``fsqueue: error:`` line on stderr, no traceback; returns that line."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("fsqueue: error:"), lines[0]
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
-    return lines[0]
-
-
-def assert_queue_works(queue: Queue) -> None:
-    """A fresh task still goes through enqueue, claim and complete: the queue is not wedged."""
-    task_id = queue.enqueue({"probe": True}, priority=MAX_PRIORITY)
-    claim = queue.claim("probe-agent")
-    assert claim is not None and claim.id == task_id
-    claim.complete({"ok": True})
-    assert queue.task(task_id).state == "done"
-
-
-def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry under ``top`` with its kind and content; symlinks are recorded, never followed."""
-    entries: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, top)
-            if stat.S_ISLNK(st.st_mode):
-                entries[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                entries[rel] = ("dir",)
-            else:
-                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                entries[rel] = ("file", digest, st.st_mtime_ns)
-    return entries
 
 
 def markers(queue: Queue) -> list[str]:
@@ -212,7 +173,7 @@ def test_cli_refuses_bad_task_id(
     for bad_id, hint, process in running:
         stdout, stderr = process.communicate(timeout=120)
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-        line = assert_cli_error(result, hint)
+        line = assert_one_line_error(result, hint)
         assert stdout == "", bad_id
         if 0 < len(bad_id) <= 128:
             assert repr(bad_id) in line
@@ -306,7 +267,7 @@ def test_cli_refuses_malformed_payload(
     """``fsqueue enqueue`` with malformed JSON exits 1 with one clear line and enqueues nothing."""
     before = snapshot(root)
     result = run_cli(fsqueue_cmd, cli_env, "enqueue", *args, stdin=stdin)
-    assert_cli_error(result, hint)
+    assert_one_line_error(result, hint)
     assert result.stdout == ""
     assert snapshot(root) == before
     assert_queue_works(queue)
@@ -319,7 +280,7 @@ def test_cli_refuses_malformed_result_and_keeps_the_claim(
     queue.enqueue("work", id="work")
     claim = queue.claim("w")
     assert claim is not None
-    assert_cli_error(run_cli(fsqueue_cmd, cli_env, "complete", "work", "{bad", "--token", claim.token), "result")
+    assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "complete", "work", "{bad", "--token", claim.token), "result")
     assert queue.task("work").state == "running"
     ok = run_cli(fsqueue_cmd, cli_env, "complete", "work", '{"ok": true}', "--token", claim.token)
     assert ok.returncode == 0, ok.stderr
@@ -424,7 +385,7 @@ def test_planted_record_symlink_is_quarantined_by_claim(
     with pytest.raises(CorruptRecord) as caught:
         queue.task("victim")
     assert str(record_path) in str(caught.value) and "symlink" in str(caught.value)
-    assert_cli_error(run_cli(fsqueue_cmd, cli_env, "show", "victim"), str(record_path), "symlink")
+    assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "show", "victim"), str(record_path), "symlink")
     assert [info.id for info in queue.tasks()] == ["next"]
 
     claim = queue.claim("w")
@@ -452,8 +413,8 @@ def test_symlinked_queue_subdirectory_is_refused_on_open(
             Queue(root, create=create)
         assert str(root / subdir) in str(caught.value) and "symlink" in str(caught.value)
         assert caught.value.path == str(root / subdir)
-    assert_cli_error(run_cli(fsqueue_cmd, cli_env, "status"), str(root / subdir), "symlink")
-    assert_cli_error(run_cli(fsqueue_cmd, cli_env, "init"), str(root / subdir), "symlink")
+    assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "status"), str(root / subdir), "symlink")
+    assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "init"), str(root / subdir), "symlink")
     assert (root / subdir).is_symlink()  # refused, not "repaired" by following or deleting it
 
     (root / subdir).unlink()  # what the message asks for: a real directory
@@ -559,7 +520,7 @@ def test_missing_root_says_to_run_init(tmp_path: Path, fsqueue_cmd: list[str], c
     assert f"fsqueue init --root {missing}" in str(caught.value) and caught.value.path == str(missing)
     env = dict(os.environ, FSQUEUE_ROOT=str(missing))
     for args in (["status"], ["enqueue", "{}"], ["claim", "--agent", "w"], ["show", "t1"], ["locks"]):
-        assert_cli_error(run_cli(fsqueue_cmd, env, *args), str(missing), "fsqueue init")
+        assert_one_line_error(run_cli(fsqueue_cmd, env, *args), str(missing), "fsqueue init")
     assert not missing.exists()
     assert run_cli(fsqueue_cmd, env, "init").returncode == 0  # what the message says to do
     assert_queue_works(Queue(missing, clock=clock))
@@ -586,7 +547,7 @@ def test_cli_root_that_is_a_regular_file_is_one_line_error(
     path = tmp_path / "queue"
     path.write_text("my notes\n")
     env = dict(os.environ, FSQUEUE_ROOT=str(path))
-    assert_cli_error(run_cli(fsqueue_cmd, env, *args), str(path), "not a directory")
+    assert_one_line_error(run_cli(fsqueue_cmd, env, *args), str(path), "not a directory")
     assert path.read_text() == "my notes\n"
 
 
@@ -604,7 +565,7 @@ def test_directory_that_is_not_a_queue_is_refused_and_left_alone(
     assert "fsqueue init" in str(caught.value)
     env = dict(os.environ, FSQUEUE_ROOT=str(path))
     for args in (["enqueue", "{}"], ["claim", "--agent", "w"], ["status"], ["clear", "--dead"]):
-        assert_cli_error(run_cli(fsqueue_cmd, env, *args), str(path), "not an fsqueue root")
+        assert_one_line_error(run_cli(fsqueue_cmd, env, *args), str(path), "not an fsqueue root")
     assert snapshot(path) == before
     assert run_cli(fsqueue_cmd, env, "init").returncode == 0  # adopting it takes an explicit init
     assert_queue_works(Queue(path, clock=clock))
@@ -619,17 +580,6 @@ def _become_nobody() -> None:
     os.setuid(NOBODY)
 
 
-def _drop_dac_capabilities() -> None:
-    # For root, exec sets the permitted and effective capabilities to the bounding set: dropping these
-    # three from it leaves a uid-0 process that obeys permission bits on files it does not own.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_capbset_drop = 24
-    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
-        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-
-
 def _traversable_by_anyone(path: str) -> bool:
     current = os.path.abspath(path)
     while True:
@@ -638,16 +588,6 @@ def _traversable_by_anyone(path: str) -> bool:
         if current == os.path.dirname(current):
             return True
         current = os.path.dirname(current)
-
-
-def _can_run_fsqueue(preexec: Callable[[], None] | None) -> bool:
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", "import fsqueue"], preexec_fn=preexec, capture_output=True, timeout=60, cwd="/"
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return result.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -668,11 +608,11 @@ def unprivileged() -> Unprivileged:
     """The best way this machine offers to run a process that permission bits stop."""
     if os.geteuid() != 0:
         return Unprivileged(None, "the test user: permission bits apply")
-    if _traversable_by_anyone(tempfile.gettempdir()) and _can_run_fsqueue(_become_nobody):
+    if _traversable_by_anyone(tempfile.gettempdir()) and python_runs("import fsqueue", preexec_fn=_become_nobody):
         return Unprivileged(_become_nobody, f"uid/gid {NOBODY}")
-    if _can_run_fsqueue(_drop_dac_capabilities):
+    if python_runs("import fsqueue", preexec_fn=drop_dac_capabilities):
         # e.g. the interpreter lives under /root, which nobody may not read
-        return Unprivileged(_drop_dac_capabilities, "uid 0 without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER")
+        return Unprivileged(drop_dac_capabilities, "uid 0 without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER")
     skip_or_fail("cannot start a subprocess that obeys permission bits (neither setuid nor capability drop works)")
 
 
@@ -766,9 +706,9 @@ def test_unwritable_root_refuses_writes_with_permission_denied(
             assert outcome["errno"] == errno.EACCES
             assert "permission denied" in outcome["message"] and str(root) in outcome["message"]
         assert _probe(unprivileged, root, "status") == {"type": None}  # inspection still works
-        assert_cli_error(unprivileged.run([*fsqueue_cmd, "enqueue", "{}"], env), "permission denied", str(root))
-        assert_cli_error(unprivileged.run([*fsqueue_cmd, "claim", "--agent", "w"], env), "permission denied")
-        assert_cli_error(
+        assert_one_line_error(unprivileged.run([*fsqueue_cmd, "enqueue", "{}"], env), "permission denied", str(root))
+        assert_one_line_error(unprivileged.run([*fsqueue_cmd, "claim", "--agent", "w"], env), "permission denied")
+        assert_one_line_error(
             unprivileged.run([*fsqueue_cmd, "complete", "held", "--token", held.token], env),
             "permission denied",
             str(root),
@@ -803,9 +743,9 @@ def test_read_only_filesystem_refuses_writes_with_clear_error(
             reopened.claim("w")
         assert reopened.status()["tasks"]["pending"] == 1
         assert {info.id: info.state for info in reopened.tasks()} == {"held": "running", "waiting": "pending"}
-        assert_cli_error(run_cli(fsqueue_cmd, cli_env, "enqueue", "{}"), "read-only", str(root))
-        assert_cli_error(run_cli(fsqueue_cmd, cli_env, "claim", "--agent", "w"), "read-only", str(root))
-        assert_cli_error(run_cli(fsqueue_cmd, cli_env, "complete", "held", "--token", held.token), "read-only")
+        assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "enqueue", "{}"), "read-only", str(root))
+        assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "claim", "--agent", "w"), "read-only", str(root))
+        assert_one_line_error(run_cli(fsqueue_cmd, cli_env, "complete", "held", "--token", held.token), "read-only")
         assert snapshot(root) == before
     held.complete({"ok": True})
     waiting = queue.claim("w")

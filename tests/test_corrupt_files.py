@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_injection import assert_queue_works
 
 from fsqueue import Claim, Config, CorruptRecord, LeaseLost, LockHeld, ManualClock, Queue, TaskExists
 
@@ -61,15 +62,6 @@ def assert_cli_error(result: subprocess.CompletedProcess[str], *fragments: str) 
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-def assert_queue_works(queue: Queue) -> None:
-    """A fresh task still goes through enqueue, claim and complete: the queue is not wedged."""
-    task_id = queue.enqueue({"probe": True}, priority=1_000_000)
-    claim = queue.claim("probe-agent")
-    assert claim is not None and claim.id == task_id
-    claim.complete({"ok": True})
-    assert queue.task(task_id).state == "done"
 
 
 def quarantined(queue: Queue) -> list[str]:

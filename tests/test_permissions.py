@@ -12,7 +12,6 @@ task is still there. ``test_bad_input.py`` already covers a root that is read-on
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -26,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_injection import assert_clean_exit, assert_one_line_error, markers, skip_or_fail, snapshot
+from fault_injection import (
+    NOBODY,
+    assert_clean_exit,
+    assert_one_line_error,
+    drop_dac_capabilities,
+    markers,
+    python_runs,
+    skip_or_fail,
+    snapshot,
+)
 
 from fsqueue import Claim, ManualClock, Queue
 
@@ -34,20 +42,10 @@ from fsqueue import Claim, ManualClock, Queue
 PAST = 1_600_000_000.0
 #: The other user: owns what the actor may not touch.
 OTHER_UID = 4242
-NOBODY = 65534
 DENIED = "permission denied"
 REMEDY = "check the owner and mode"
-CAPABILITIES_THAT_BYPASS_PERMISSIONS = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
-
-
-def _drop_capabilities() -> None:
-    # For uid 0, exec sets the permitted and effective sets to the bounding set: dropping these from it
-    # leaves a process that obeys permission bits on every file it does not own.
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in CAPABILITIES_THAT_BYPASS_PERMISSIONS:
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+#: What an actor must be able to import to run every command under test.
+IMPORTS = "import fsqueue.cli, fsqueue_watchdog"
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Actor:
         options: dict[str, Any] = (
             {"user": NOBODY, "group": NOBODY, "extra_groups": []}
             if self.uid == NOBODY
-            else {"preexec_fn": _drop_capabilities}
+            else {"preexec_fn": drop_dac_capabilities}
         )
         return subprocess.run(
             argv, env=env, input=stdin, capture_output=True, text=True, timeout=120, check=False, cwd="/", **options
@@ -87,29 +85,14 @@ class Actor:
                 os.chmod(path, 0o755 if stat.S_ISDIR(st.st_mode) else 0o644)
 
 
-def _works(**options: Any) -> bool:
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", "import fsqueue.cli, fsqueue_watchdog"],
-            capture_output=True,
-            timeout=60,
-            cwd="/",
-            check=False,
-            **options,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return result.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def actor() -> Actor:
     """The unprivileged actor this machine allows (skipped without root, except in CI)."""
     if os.geteuid() != 0:
         skip_or_fail("these tests need root: to give files to another user and start an unprivileged actor")
-    if _works(user=NOBODY, group=NOBODY, extra_groups=[]):
+    if python_runs(IMPORTS, user=NOBODY, group=NOBODY, extra_groups=[]):
         return Actor(NOBODY, "user nobody")
-    if _works(preexec_fn=_drop_capabilities):
+    if python_runs(IMPORTS, preexec_fn=drop_dac_capabilities):
         return Actor(0, "uid 0 without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER")
     skip_or_fail("cannot start a process that obeys permission bits (neither nobody nor a capability drop works)")
 

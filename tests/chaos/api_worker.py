@@ -75,7 +75,7 @@ class Worker:
         """Renewed by the claim's thread; the context manager commits on exit, or fails on PoisonError."""
         try:
             with claim:
-                time.sleep(float(claim.payload["sleep"]))
+                time.sleep(float(claim.payload["sleep"]))  # the task's work (renewed by the claim's thread)
                 if kind == "poison-fail":
                     raise PoisonError(f"poison task {claim.id} fails on every attempt")
                 claim.complete(self.result(claim))
@@ -88,7 +88,7 @@ class Worker:
         end = time.monotonic() + float(claim.payload["sleep"])
         renewed = time.monotonic()
         while (left := end - time.monotonic()) > 0:
-            time.sleep(min(SLICE, left))
+            time.sleep(min(SLICE, left))  # the task's work, one slice between renewals
             if time.monotonic() - renewed >= claim.ttl / 3:
                 try:
                     claim.renew()
